@@ -1,0 +1,1 @@
+"""Transport: routers, problem+json errors, strict JSON bodies, offline docs."""

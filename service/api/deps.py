@@ -1,0 +1,27 @@
+"""Dependencies: typed access to what the lifespan created."""
+
+from typing import Annotated, TypedDict
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.workers.runner import Runner
+
+
+class AppState(TypedDict):
+    """Long-lived resources, created in the lifespan and handed to each request."""
+
+    settings: Settings
+    runner: Runner
+
+
+def get_settings(request: Request) -> Settings:
+    return request.state.settings
+
+
+def get_runner(request: Request) -> Runner:
+    return request.state.runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RunnerDep = Annotated[Runner, Depends(get_runner)]

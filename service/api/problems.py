@@ -1,0 +1,145 @@
+"""RFC 9457 problem details: one renderer for every error the service answers."""
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service.errors import GradiagError
+
+logger = logging.getLogger("gradiag")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "overloaded",
+    503: "not_ready",
+    504: "timeout",
+}
+
+
+class ProblemFieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An error: `code` is stable and machine-readable; `errors` locate bad fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[ProblemFieldError]
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {
+        "type": f"urn:gradiag:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "errors": errors or [],
+        **(extra or {}),
+    }
+    return Response(orjson.dumps(body), status, headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def render(error: GradiagError) -> Response:
+    return problem(
+        error.status,
+        error.code,
+        error.title,
+        error.detail,
+        [e.as_dict() for e in error.errors],
+        error.extra,
+        error.headers,
+    )
+
+
+def _field_error(raw: Any) -> dict[str, Any]:
+    # Never echo the input: it may be huge, or a NaN that JSON cannot carry.
+    loc = [part if isinstance(part, int) else str(part) for part in raw.get("loc", ())]
+    return {"loc": loc, "msg": str(raw.get("msg", "invalid")), "type": str(raw.get("type", ""))}
+
+
+def validation_problem(raw_errors: Any) -> Response:
+    """422 for pydantic errors; written so that it cannot fail on any error content."""
+    try:
+        errors = [_field_error(e) for e in raw_errors]
+    except Exception:  # a malformed error list must still give a clean answer
+        errors = []
+    first = errors[0] if errors else None
+    detail = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else "invalid request"
+    if len(errors) > 1:
+        detail += f" (and {len(errors) - 1} more)"
+    return problem(422, "invalid_request", "Invalid request", detail, errors)
+
+
+async def _gradiag_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GradiagError)
+    return render(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return validation_problem(exc.errors())
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "internal" if exc.status_code >= 500 else "error")
+    title = str(exc.detail) if isinstance(exc.detail, str) else "HTTP error"
+    return problem(exc.status_code, code, title, title, headers=dict(exc.headers or {}))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "internal", "Internal error", "an unexpected error occurred")
+
+
+def install(app: FastAPI) -> None:
+    """Route every error through `problem()`."""
+    app.add_exception_handler(GradiagError, _gradiag_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: each status documented with the Problem schema."""
+    descriptions = {
+        400: "Malformed JSON",
+        413: "Body too large (`body_too_large`)",
+        415: "Body is not `application/json` (`unsupported_media_type`)",
+        422: "Invalid request, tensor, shapes, device or budget (see `code`)",
+        429: "Queue full (`overloaded`); see `Retry-After`",
+        500: "Unexpected error (`internal`)",
+        503: "Not ready (`not_ready`)",
+        504: "Deadline exceeded (`timeout`)",
+    }
+    return {s: {"model": Problem, "description": descriptions[s]} for s in statuses}

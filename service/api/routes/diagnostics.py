@@ -1,0 +1,86 @@
+"""Diagnostics runs: one model, or a base and its variants."""
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.api.deps import RunnerDep
+from service.api.problems import problem_responses
+from service.api.strict_json import StrictJSONRoute
+from service.errors import ClientClosed
+from service.schemas.reports import CompareReport, DiagnosticsReport
+from service.schemas.requests import CompareRequest, DiagnosticsRequest
+
+router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=StrictJSONRoute)
+
+_ERRORS = problem_responses(400, 413, 415, 422, 429, 500, 503, 504)
+
+
+async def _disconnected(request: Request) -> None:
+    # The body is read, so the next message is the client leaving (or the response ending).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await `work`, cancelling it if the client disconnects first (freeing its slot)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        watcher.cancel()
+        return task.result()
+    task.cancel()
+    raise ClientClosed("the client disconnected; its run was cancelled")
+
+
+def _json(report: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(report), media_type="application/json")
+
+
+@router.post(
+    "",
+    operation_id="run_diagnostics",
+    response_model=DiagnosticsReport,
+    responses=_ERRORS,
+    summary="Diagnose gradient flow in one model",
+)
+async def run_diagnostics(
+    body: DiagnosticsRequest, request: Request, runner: RunnerDep
+) -> Response:
+    """Build the model described by `model` with weights drawn as after
+    `torch.manual_seed(seed)`, run one forward pass on `input`, the `loss` against `target`
+    and one backward pass, and report per-parameter gradient and value statistics,
+    per-layer output and output-gradient statistics, a verdict per layer relative to the
+    last layer, and the provenance of the numbers.
+
+    The numbers equal those of plain PyTorch code building the same modules after
+    `torch.manual_seed(seed)`. NaN or infinite statistics are `null`, with counts and a
+    finding. Requests that do not fit the architecture or the budget are refused with 422
+    before anything is allocated.
+    """
+    return _json(await until_disconnected(request, runner.diagnose(body)))
+
+
+@router.post(
+    "/compare",
+    operation_id="compare_diagnostics",
+    response_model=CompareReport,
+    responses=_ERRORS,
+    summary="Diagnose variants of a model side by side",
+)
+async def compare_diagnostics(
+    body: CompareRequest, request: Request, runner: RunnerDep
+) -> Response:
+    """Run each variant (the base request with the variant's JSON Merge Patch, RFC 7386,
+    applied) and report every run under `runs.<variant>`, plus, per parameter and per
+    layer, each variant's mean |gradient| divided by the first variant's.
+
+    The lesson's experiment is one call: variants `{"plain": {"model": {"shortcut": false}},
+    "shortcut": {"model": {"shortcut": true}}}`.
+    """
+    return _json(await until_disconnected(request, runner.compare(body)))

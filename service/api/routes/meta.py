@@ -1,0 +1,113 @@
+"""What the service can do, and whether it is alive and ready."""
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+import service
+from service.api.deps import RunnerDep
+from service.api.problems import problem_responses
+from service.architectures.activations import ACTIVATIONS
+from service.architectures.registry import MODEL_KINDS
+from service.diagnostics.losses import LOSSES
+from service.diagnostics.run import DTYPES
+from service.diagnostics.verdicts import SEVERITY
+from service.errors import NotReady
+from service.schemas.models import MLPSpec
+from service.schemas.reports import Stats
+from service.schemas.requests import Thresholds
+from service.schemas.tensors import TensorGenerator
+
+router = APIRouter(tags=["service"])
+
+_SPEC_MODELS: dict[str, type[BaseModel]] = {"mlp": MLPSpec}
+
+
+class Devices(BaseModel):
+    default: str
+    allowed: list[str]
+
+
+class Capabilities(BaseModel):
+    service_version: str
+    model_kinds: dict[str, dict[str, Any]]
+    activations: list[str]
+    losses: list[str]
+    dtypes: list[str]
+    tensor_generators: dict[str, Any]
+    statistics: list[str]
+    verdicts: list[str]
+    default_thresholds: Thresholds
+    devices: Devices
+    limits: dict[str, float]
+    max_body_bytes: int
+    request_timeout_s: float
+    capacity: int
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    device: str
+    in_flight: int
+    capacity: int
+
+
+@router.get("/v1/capabilities", operation_id="get_capabilities", response_model=Capabilities)
+async def get_capabilities(runner: RunnerDep) -> Capabilities:
+    """Everything a client needs to build a valid request: model kinds with their JSON
+    schemas, activations, losses, dtypes, tensor generators, the statistics and verdicts
+    reported, the devices a request may name, and the limits it must fit."""
+    settings = runner.settings
+    return Capabilities(
+        service_version=service.__version__,
+        model_kinds={kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS},
+        activations=list(ACTIVATIONS),
+        losses=list(LOSSES),
+        dtypes=list(DTYPES),
+        tensor_generators={"schema": _generator_schema()},
+        statistics=list(Stats.model_fields),
+        verdicts=list(SEVERITY),
+        default_thresholds=Thresholds(),
+        devices=Devices(default=runner.devices.default, allowed=sorted(runner.devices.allowed)),
+        limits=settings.limits.model_dump(),
+        max_body_bytes=settings.max_body_bytes,
+        request_timeout_s=settings.request_timeout_s,
+        capacity=runner.worker.capacity,
+    )
+
+
+def _generator_schema() -> dict[str, Any]:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(TensorGenerator).json_schema()
+
+
+@router.get("/healthz", operation_id="healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: the process answers. Says nothing about the worker or the device."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz", operation_id="readyz", response_model=Readiness, responses=problem_responses(503)
+)
+async def readyz(runner: RunnerDep) -> Readiness:
+    """Readiness: the worker accepts work and a tiny allocation on the default device
+    succeeds. 503 while starting, stopping (in-flight work still finishes) or broken."""
+    worker = runner.worker
+    if not worker.ready():
+        raise NotReady("the worker is not accepting work")
+    if not await asyncio.to_thread(runner.devices.usable):
+        raise NotReady(f"device {runner.devices.default} is not usable")
+    return Readiness(
+        status="ready",
+        device=runner.devices.default,
+        in_flight=worker.in_flight,
+        capacity=worker.capacity,
+    )

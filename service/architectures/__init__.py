@@ -1,0 +1,1 @@
+"""Specs to torch modules: activations, model kinds, seeded initialisation. No web framework."""

@@ -1,0 +1,59 @@
+"""What every model kind provides: shape inference with budget estimates, and a builder."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import nn
+
+from service.errors import Loc
+
+Shape = tuple[int, ...]
+InputKind = Literal["float", "int"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Costs predicted from a spec and an input shape, before anything is allocated."""
+
+    parameters: int = 0
+    activation_elements: int = 0
+    flops: int = 0
+    layers: int = 0
+
+    def __add__(self, other: "Estimate") -> "Estimate":
+        return Estimate(
+            self.parameters + other.parameters,
+            self.activation_elements + other.activation_elements,
+            self.flops + other.flops,
+            self.layers + other.layers,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "parameters": self.parameters,
+            "activation_elements": self.activation_elements,
+            "flops": self.flops,
+            "layers": self.layers,
+        }
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """The result of checking a spec against its input: output shape and estimated cost."""
+
+    input_kind: InputKind
+    output_shape: Shape
+    estimate: Estimate
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One registry entry: everything the service needs to know about a `model.kind`."""
+
+    # (spec, input shape, location of the input in the request) -> plan; raises ShapeMismatch
+    plan: Callable[[Any, Shape, Loc], ModelPlan]
+    # spec -> module; called under `torch.device("meta")`, so it must not draw random numbers
+    build: Callable[[Any], nn.Module]
+    # module -> the (name, module) pairs reported as layers
+    layers: Callable[[nn.Module], Sequence[tuple[str, nn.Module]]]

@@ -1,0 +1,69 @@
+"""The lesson's MLP: `layers` is a ModuleList of Sequential(Linear, activation) blocks."""
+
+import math
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from service.architectures.activations import make_activation
+from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
+from service.errors import Loc, ShapeMismatch
+from service.schemas.models import MLPSpec
+
+# Elements an activation keeps for backward, per output element (the tanh GELU keeps the
+# intermediates of its seven elementwise ops; the others keep one or two tensors).
+_SAVED_PER_OUTPUT = {"gelu_tanh": 7, "identity": 0}
+
+
+class MLP(nn.Module):
+    """Built exactly as the course's ExampleDeepNeuralNetwork."""
+
+    def __init__(self, layer_sizes: Sequence[int], activation: str, shortcut: bool, bias: bool):
+        super().__init__()
+        self.use_shortcut = shortcut
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.Linear(n_in, n_out, bias=bias), make_activation(activation))
+            for n_in, n_out in pairwise(layer_sizes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            output = layer(x)
+            # The shortcut applies only where the block keeps the shape.
+            x = x + output if self.use_shortcut and x.shape == output.shape else output
+        return x
+
+
+def plan(spec: MLPSpec, input_shape: Shape, input_loc: Loc) -> ModelPlan:
+    sizes = spec.layer_sizes
+    if not input_shape or input_shape[-1] != sizes[0]:
+        raise ShapeMismatch.at(
+            input_loc,
+            f"input has shape {list(input_shape)}; the mlp expects a last dimension of "
+            f"{sizes[0]} (model.layer_sizes[0])",
+        )
+    rows = math.prod(input_shape[:-1])
+    weights = sum(n_in * n_out for n_in, n_out in pairwise(sizes))
+    biases = sum(sizes[1:]) if spec.bias else 0
+    saved = 2 + _SAVED_PER_OUTPUT.get(spec.activation, 2)
+    estimate = Estimate(
+        parameters=weights + biases,
+        activation_elements=rows * (sizes[0] + saved * sum(sizes[1:])),
+        flops=6 * rows * weights,
+        layers=len(sizes) - 1,
+    )
+    return ModelPlan("float", (*input_shape[:-1], sizes[-1]), estimate)
+
+
+def build(spec: MLPSpec) -> nn.Module:
+    return MLP(spec.layer_sizes, spec.activation, spec.shortcut, spec.bias)
+
+
+def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    assert isinstance(module, MLP)
+    return [(f"layers.{i}", layer) for i, layer in enumerate(module.layers)]
+
+
+MLP_KIND = ModelKind(plan=plan, build=build, layers=layers)

@@ -1,0 +1,48 @@
+"""`gradiag serve` runs the service; `gradiag openapi` prints its OpenAPI schema."""
+
+import argparse
+import json
+import sys
+
+import uvicorn
+
+from service.config import get_settings
+
+
+def _serve(args: argparse.Namespace) -> None:
+    settings = get_settings()
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        workers=args.workers or settings.workers,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+
+
+def _openapi(args: argparse.Namespace) -> None:
+    from service.main import create_app
+
+    json.dump(create_app().openapi(), sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gradiag", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="default: GRADIAG_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: GRADIAG_PORT or 8000")
+    serve.add_argument("--workers", type=int, help="uvicorn processes (default: GRADIAG_WORKERS)")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(run=_serve)
+    openapi = commands.add_parser("openapi", help="print the OpenAPI schema as JSON")
+    openapi.set_defaults(run=_openapi)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

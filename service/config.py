@@ -1,0 +1,55 @@
+"""Settings: every knob of the service, read from `GRADIAG_*` environment variables."""
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DevicePattern = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+DTypeName = Literal["float32", "float64", "bfloat16"]
+
+
+class Limits(BaseSettings):
+    """Budgets a request must fit before any tensor is allocated."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADIAG_", extra="ignore")
+
+    max_parameters: int = Field(400_000_000, ge=1, description="parameters of one model")
+    max_activation_elements: int = Field(
+        400_000_000, ge=1, description="estimated elements of saved activations"
+    )
+    max_input_elements: int = Field(4_000_000, ge=1, description="elements of input or target")
+    max_layers: int = Field(1024, ge=1, description="layers (or blocks) of one model")
+    max_flops: float = Field(5e12, gt=0, description="estimated forward+backward FLOPs")
+    max_variants: int = Field(16, ge=1, description="variants of one compare request")
+
+
+class Settings(BaseSettings):
+    """The service's configuration; one instance lives in the app's lifespan state."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADIAG_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn processes started by `gradiag serve`")
+    device: DevicePattern = "auto"
+    allowed_devices: list[DevicePattern] = Field(
+        default_factory=list,
+        description="devices a request may name; empty means the default device and cpu",
+    )
+    default_dtype: DTypeName = "float32"
+    torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = cores / concurrency")
+    concurrency: int = Field(1, ge=1, description="runs executing at once per process")
+    queue_capacity: int = Field(32, ge=0, description="runs waiting beyond those executing")
+    request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
+    cors_origins: list[str] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings of this process, read from the environment once."""
+    return Settings()

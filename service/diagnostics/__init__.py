@@ -1,0 +1,1 @@
+"""The run: plan and budget a request, build the model, forward + backward, statistics."""

@@ -1,0 +1,109 @@
+"""Check a request against its architecture and the budget, before anything is allocated.
+
+Pure Python on the spec and the tensors' shapes: cheap enough to run before a request is
+queued, so that an impossible or too expensive request is refused within milliseconds.
+"""
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
+from service.architectures.registry import MODEL_KINDS
+from service.config import Limits
+from service.diagnostics.tensors import probe_shape
+from service.errors import BudgetExceeded, InvalidRequest, Loc, ShapeMismatch, UnsupportedDevice
+from service.schemas.requests import DiagnosticsRequest
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A request that fits: what to build, where, and the shapes it will see."""
+
+    request: DiagnosticsRequest
+    kind: ModelKind
+    model: ModelPlan
+    input_shape: Shape
+    target_shape: Shape | None
+    target_integers: bool
+    device: str
+    dtype: str
+    loc: Loc
+
+
+def _target(request: DiagnosticsRequest, output: Shape, loc: Loc) -> tuple[Shape | None, bool]:
+    if request.loss == "sum":
+        if request.target is not None:
+            raise InvalidRequest.at((*loc, "target"), "loss 'sum' takes no target")
+        return None, False
+    if request.target is None:
+        raise InvalidRequest.at((*loc, "target"), f"loss '{request.loss}' needs a target")
+    shape = probe_shape(request.target, (*loc, "target"))
+    if shape == output:
+        return shape, False
+    if request.loss == "cross_entropy" and shape == output[:-1] and output:
+        return shape, True
+    wanted = f"the output's shape {list(output)}"
+    if request.loss == "cross_entropy":
+        wanted += f" (probabilities) or {list(output[:-1])} (class ids)"
+    raise ShapeMismatch.at(
+        (*loc, "target"),
+        f"target has shape {list(shape)}; loss '{request.loss}' needs {wanted}",
+    )
+
+
+def check_budget(estimate: Estimate, elements: int, limits: Limits, loc: Loc) -> None:
+    """Refuse with the estimate and the limits when any estimate exceeds its limit."""
+    pairs = {
+        "parameters": (estimate.parameters, limits.max_parameters),
+        "activation_elements": (estimate.activation_elements, limits.max_activation_elements),
+        "flops": (estimate.flops, limits.max_flops),
+        "layers": (estimate.layers, limits.max_layers),
+        "input_elements": (elements, limits.max_input_elements),
+    }
+    over = [name for name, (value, limit) in pairs.items() if value > limit]
+    if over:
+        raise BudgetExceeded(
+            "estimated " + ", ".join(f"{n} {pairs[n][0]:,} > {pairs[n][1]:,}" for n in over),
+            errors=[],
+            extra={
+                "estimate": {name: value for name, (value, _) in pairs.items()},
+                "limit": {name: limit for name, (_, limit) in pairs.items()},
+                "exceeded": over,
+            },
+        )
+
+
+def plan_run(
+    request: DiagnosticsRequest,
+    *,
+    default_device: str,
+    allowed_devices: Collection[str],
+    default_dtype: str,
+    limits: Limits,
+    loc: Loc = ("body",),
+) -> RunPlan:
+    """Everything that can be refused before allocation is refused here."""
+    device = request.device or default_device
+    if device not in allowed_devices:
+        raise UnsupportedDevice.at(
+            (*loc, "device"),
+            f"device '{device}' is not allowed here; allowed: {sorted(allowed_devices)}",
+        )
+    kind = MODEL_KINDS[request.model.kind]
+    input_shape = probe_shape(request.input, (*loc, "input"))
+    model = kind.plan(request.model, input_shape, (*loc, "input"))
+    target_shape, target_integers = _target(request, model.output_shape, loc)
+    elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
+    check_budget(model.estimate, elements, limits, loc)
+    return RunPlan(
+        request=request,
+        kind=kind,
+        model=model,
+        input_shape=input_shape,
+        target_shape=target_shape,
+        target_integers=target_integers,
+        device=device,
+        dtype=request.dtype or default_dtype,
+        loc=loc,
+    )

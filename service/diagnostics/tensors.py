@@ -1,0 +1,104 @@
+"""Tensor payloads to tensors: shape probing (cheap), strict checking and materialising."""
+
+import math
+from typing import Any
+
+import torch
+
+from service.architectures.base import Shape
+from service.errors import InvalidTensor, Loc
+from service.schemas.tensors import (
+    MAX_DIMS,
+    ConstantTensor,
+    NormalTensor,
+    RandintTensor,
+    UniformTensor,
+)
+
+_NUMBER = (int, float)
+
+
+def probe_shape(payload: Any, loc: Loc) -> Shape:
+    """The shape a payload claims, following first elements only: O(depth), not O(size)."""
+    if not isinstance(payload, list):
+        return tuple(payload.shape)
+    shape: list[int] = []
+    node: Any = payload
+    while isinstance(node, list):
+        if not node:
+            raise InvalidTensor.at((*loc, *([0] * len(shape))), "empty lists are not tensors")
+        shape.append(len(node))
+        if len(shape) > MAX_DIMS:
+            raise InvalidTensor.at(loc, f"more than {MAX_DIMS} dimensions")
+        node = node[0]
+    return tuple(shape)
+
+
+def _first_bad(row: list[Any], integers: bool) -> int:
+    for i, value in enumerate(row):
+        if type(value) is not int and (integers or type(value) is not float):
+            return i
+    return -1
+
+
+def check_values(data: list[Any], shape: Shape, integers: bool, loc: Loc) -> None:
+    """Rectangular, numbers only (integers where `integers`), finite; errors name the element."""
+    kind = "an integer" if integers else "a finite number"
+    last = len(shape) - 1
+    stack: list[tuple[Any, Loc, int]] = [(data, loc, 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if type(node) is not list:
+            raise InvalidTensor.at(where, f"expected a list of length {shape[depth]}")
+        if len(node) != shape[depth]:
+            raise InvalidTensor.at(
+                where, f"ragged: length {len(node)} where {shape[depth]} was expected"
+            )
+        if depth < last:
+            stack.extend((row, (*where, i), depth + 1) for i, row in enumerate(node))
+            continue
+        bad = _first_bad(node, integers)
+        if bad >= 0:
+            raise InvalidTensor.at((*where, bad), f"expected {kind}, got {node[bad]!r}")
+        if not integers and not all(math.isfinite(v) for v in node):
+            bad = next(i for i, v in enumerate(node) if not math.isfinite(v))
+            raise InvalidTensor.at((*where, bad), f"expected {kind}, got {node[bad]!r}")
+
+
+def _generate(payload: Any) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(payload.seed)
+    shape = payload.shape
+    if isinstance(payload, NormalTensor):
+        return torch.randn(shape, generator=generator) * payload.std + payload.mean
+    if isinstance(payload, UniformTensor):
+        return torch.rand(shape, generator=generator) * (payload.high - payload.low) + payload.low
+    if isinstance(payload, RandintTensor):
+        return torch.randint(payload.low, payload.high, shape, generator=generator)
+    assert isinstance(payload, ConstantTensor)
+    fill = torch.zeros if payload.distribution == "zeros" else torch.ones
+    return fill(shape)
+
+
+def materialise(
+    payload: Any, shape: Shape, integers: bool, dtype: torch.dtype, loc: Loc
+) -> torch.Tensor:
+    """The tensor a payload describes, on the CPU: int64 ids if `integers`, else `dtype`.
+
+    Generated floats are drawn in float32 (as `torch.randn` does by default), then cast.
+    """
+    if isinstance(payload, list):
+        check_values(payload, shape, integers, loc)
+        try:
+            tensor = torch.tensor(payload, dtype=torch.int64 if integers else dtype)
+        except (OverflowError, RuntimeError) as exc:
+            raise InvalidTensor.at(loc, f"a value is out of range: {exc}") from None
+    else:
+        tensor = _generate(payload)
+        if integers and tensor.is_floating_point():
+            raise InvalidTensor.at(loc, "integer ids expected: use distribution 'randint'")
+    if integers:
+        return tensor.to(torch.int64)
+    tensor = tensor.to(dtype)
+    if not torch.isfinite(tensor).all():
+        raise InvalidTensor.at(loc, f"values overflow {str(dtype).removeprefix('torch.')}")
+    return tensor

@@ -1,0 +1,83 @@
+"""Verdicts per layer, relative to the last layer, and the run's diagnosis."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from service.schemas.requests import Thresholds
+
+# Worst first: the diagnosis takes the worst verdict of any layer.
+SEVERITY = ("non_finite", "exploding", "vanishing", "dead", "healthy")
+
+
+@dataclass(frozen=True)
+class LayerSignal:
+    """What the verdict of one layer is decided on."""
+
+    name: str
+    metric: float | None  # mean |gradient| by the chosen metric
+    zero_fraction: float | None  # of the layer's gradient (parameters if any, else output)
+    nonfinite: bool  # any NaN/Inf in its output, output gradient or parameter gradients
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    per_layer: list[str]
+    relative: list[float | None]
+    verdict: str
+    first_to_last: float | None
+    findings: list[str]
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or reference is None or reference == 0:
+        return None
+    return value / reference
+
+
+def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Thresholds) -> Verdicts:
+    """Apply the thresholds; findings say in words what the numbers say."""
+    reference = next((s.metric for s in reversed(layers) if s.metric is not None), None)
+    per_layer: list[str] = []
+    relative: list[float | None] = []
+    findings: list[str] = []
+    for signal in layers:
+        ratio = _ratio(signal.metric, reference)
+        relative.append(ratio)
+        if signal.nonfinite:
+            verdict = "non_finite"
+            findings.append(f"{signal.name}: NaN or infinite values in its output or gradients")
+        elif signal.zero_fraction is not None and signal.zero_fraction > thresholds.dead_fraction:
+            verdict = "dead"
+            findings.append(
+                f"{signal.name}: {signal.zero_fraction:.1%} of its gradient is exactly zero "
+                f"(dead above {thresholds.dead_fraction:.0%})"
+            )
+        elif ratio is not None and ratio < thresholds.vanishing:
+            verdict = "vanishing"
+            findings.append(
+                f"{signal.name}: gradient {ratio:.3g}x the last layer's "
+                f"(vanishing below {thresholds.vanishing:g}x)"
+            )
+        elif ratio is not None and ratio > thresholds.exploding:
+            verdict = "exploding"
+            findings.append(
+                f"{signal.name}: gradient {ratio:.3g}x the last layer's "
+                f"(exploding above {thresholds.exploding:g}x)"
+            )
+        else:
+            verdict = "healthy"
+        per_layer.append(verdict)
+    if not loss_finite:
+        findings.insert(0, "the loss is NaN or infinite")
+    overall = min(per_layer, key=SEVERITY.index, default="healthy")
+    if not loss_finite:
+        overall = "non_finite"
+    first_to_last = relative[0] if relative else None
+    if overall == "healthy" and layers:
+        findings.append(
+            f"all {len(layers)} layers within [{thresholds.vanishing:g}, "
+            f"{thresholds.exploding:g}]x of the last layer's gradient ({thresholds.metric})"
+        )
+    if first_to_last is not None:
+        findings.append(f"first-to-last gradient ratio: {first_to_last:.3g}")
+    return Verdicts(per_layer, relative, overall, first_to_last, findings)

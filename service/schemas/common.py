@@ -1,0 +1,16 @@
+"""Base model and constrained scalar types shared by every schema."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="a seed in [0, 2**64)")]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Size = Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
+class StrictModel(BaseModel):
+    """Strict: no coercion (no "1.5" or true for a number), no unknown fields, no NaN."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)

@@ -1,0 +1,89 @@
+"""Request bodies of the diagnostics endpoints."""
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from service.config import DevicePattern, DTypeName
+from service.diagnostics.losses import LOSSES
+from service.schemas.common import PositiveFloat, Seed, StrictModel
+from service.schemas.models import ModelSpec
+from service.schemas.tensors import TensorPayload
+
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+VerdictMetric = Literal["output_grad", "param_grad"]
+
+LESSON_REQUEST: dict[str, Any] = {
+    "model": {
+        "kind": "mlp",
+        "layer_sizes": [3, 3, 3, 3, 3, 1],
+        "activation": "gelu_tanh",
+        "shortcut": True,
+        "bias": True,
+    },
+    "input": [[1.0, 0.0, -1.0]],
+    "target": [[0.0]],
+    "loss": "mse",
+    "seed": 123,
+}
+
+
+class Thresholds(StrictModel):
+    """When a layer is called vanishing, exploding or dead."""
+
+    vanishing: PositiveFloat = Field(
+        1e-2, description="below this fraction of the last layer's gradient: vanishing"
+    )
+    exploding: PositiveFloat = Field(
+        1e2, description="above this multiple of the last layer's gradient: exploding"
+    )
+    dead_fraction: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(
+        0.9, description="a layer whose gradient is exactly zero beyond this fraction is dead"
+    )
+    metric: VerdictMetric = Field(
+        "output_grad",
+        description="the gradient compared across layers: dL/d(layer output), or the mean "
+        "absolute gradient of the layer's parameters",
+    )
+
+
+class DiagnosticsRequest(StrictModel):
+    """One forward and backward pass of a model built from data."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [LESSON_REQUEST]})
+
+    model: ModelSpec
+    input: TensorPayload
+    target: TensorPayload | None = Field(
+        None, description="required by every loss but `sum`; integers for cross_entropy ids"
+    )
+    loss: LossName = "mse"
+    seed: Seed = Field(0, description="the seed of the initial weights (torch.manual_seed)")
+    dtype: DTypeName | None = Field(None, description="default: the server's default dtype")
+    device: DevicePattern | None = Field(None, description="default: the server's device")
+    mode: Literal["train", "eval"] = "train"
+    thresholds: Thresholds = Thresholds()
+
+
+class CompareRequest(StrictModel):
+    """A base request and named variants, each a JSON Merge Patch (RFC 7386) of the base."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "base": LESSON_REQUEST,
+                    "variants": {
+                        "plain": {"model": {"shortcut": False}},
+                        "shortcut": {"model": {"shortcut": True}},
+                    },
+                }
+            ]
+        }
+    )
+
+    base: dict[str, Any] = Field(description="a diagnostics request, possibly incomplete")
+    variants: dict[
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")],
+        dict[str, Any],
+    ] = Field(min_length=1, description="name -> merge patch; the first is the baseline")

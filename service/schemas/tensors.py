@@ -1,0 +1,106 @@
+"""Tensor payloads: nested lists of numbers, or a seeded generator for big tensors.
+
+Nested lists are checked element by element (rectangular, numbers only, finite) by the
+domain before conversion, so that an error can name the exact element; the schema below
+documents the accepted shape for clients and generators of test data.
+"""
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
+
+from service.schemas.common import FiniteFloat, Seed, Size, StrictModel
+
+MAX_DIMS = 8
+
+
+def _nested_numbers_schema(depth: int) -> dict[str, Any]:
+    if depth == 1:
+        return {"type": "array", "minItems": 1, "items": {"type": "number"}}
+    inner = {"anyOf": [{"type": "number"}, _nested_numbers_schema(depth - 1)]}
+    return {"type": "array", "minItems": 1, "items": inner}
+
+
+NestedNumbers = Annotated[
+    list[Any],
+    WithJsonSchema(
+        {
+            **_nested_numbers_schema(MAX_DIMS),
+            "title": "NestedNumbers",
+            "description": f"A rectangular nested list of finite numbers, at most {MAX_DIMS} "
+            "dimensions; integers where class or token ids are expected.",
+            "examples": [[[1.0, 0.0, -1.0]]],
+        }
+    ),
+]
+
+
+class _Generator(StrictModel):
+    shape: list[Size] = Field(min_length=1, max_length=MAX_DIMS, examples=[[64, 3]])
+    seed: Seed = 0
+
+
+class NormalTensor(_Generator):
+    """`torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std + mean`."""
+
+    distribution: Literal["normal"]
+    mean: FiniteFloat = 0.0
+    std: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+
+
+class UniformTensor(_Generator):
+    """`torch.rand(shape, generator=...) * (high - low) + low`."""
+
+    distribution: Literal["uniform"]
+    low: FiniteFloat = 0.0
+    high: FiniteFloat = 1.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.low < self.high:
+            raise ValueError("low must be less than high")
+        return self
+
+
+class RandintTensor(_Generator):
+    """`torch.randint(low, high, shape, generator=...)`: integer class ids or token ids."""
+
+    distribution: Literal["randint"]
+    low: Annotated[int, Field(ge=-(2**62), le=2**62)] = 0
+    high: Annotated[int, Field(ge=-(2**62), le=2**62)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.low < self.high:
+            raise ValueError("low must be less than high")
+        return self
+
+
+class ConstantTensor(_Generator):
+    """A tensor of zeros or ones."""
+
+    distribution: Literal["zeros", "ones"]
+
+
+TensorGenerator = Annotated[
+    NormalTensor | UniformTensor | RandintTensor | ConstantTensor,
+    Field(discriminator="distribution"),
+]
+
+
+def _payload_tag(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "values"
+    if isinstance(value, dict | NormalTensor | UniformTensor | RandintTensor | ConstantTensor):
+        return "generator"
+    return None
+
+
+TensorPayload = Annotated[
+    Annotated[NestedNumbers, Tag("values")] | Annotated[TensorGenerator, Tag("generator")],
+    Discriminator(
+        _payload_tag,
+        custom_error_type="tensor_payload",
+        custom_error_message="expected a nested list of numbers or a generator object",
+    ),
+]

@@ -1,0 +1,1 @@
+"""Execution: the worker interface, its backends, and the device policy."""

@@ -1,0 +1,16 @@
+"""What a worker does with each task: the domain functions, called on a worker thread."""
+
+import threading
+from typing import Any
+
+from service.diagnostics.compare import compare
+from service.diagnostics.run import run
+from service.workers.base import CompareTask, DiagnosticsTask, Task
+
+
+def execute(task: Task, cancel: threading.Event) -> Any:
+    if isinstance(task, DiagnosticsTask):
+        return run(task.plan, cancel)
+    if isinstance(task, CompareTask):
+        return compare({name: run(plan, cancel) for name, plan in task.plans.items()})
+    raise TypeError(f"unknown task {type(task).__name__}")
