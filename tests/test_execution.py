@@ -1,0 +1,149 @@
+"""Execution: admission, deadlines, disconnects, concurrency and the global RNG."""
+
+import asyncio
+import copy
+import time
+
+import httpx
+import pytest
+import torch
+
+from service.schemas.requests import LESSON_REQUEST
+from tests.test_parity_mlp import random_case
+
+URL = "/v1/diagnostics"
+# About a second of CPU work: 24 layers of 1024x1024 on a batch of 256.
+SLOW = {
+    "model": {"kind": "mlp", "layer_sizes": [1024] * 25, "activation": "relu"},
+    "input": {"shape": [256, 1024], "distribution": "normal"},
+    "loss": "sum",
+}
+
+
+def without_timing(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "timing_ms"}
+
+
+async def in_flight(client: httpx.AsyncClient) -> int:
+    return (await client.get("/readyz")).json()["in_flight"]
+
+
+async def wait_until_idle(client: httpx.AsyncClient, limit_s: float = 30.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while await in_flight(client):
+        assert time.monotonic() < deadline, "the slot was never freed"
+        await asyncio.sleep(0.02)
+
+
+async def wait_until_busy(client: httpx.AsyncClient, limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not await in_flight(client):
+        assert time.monotonic() < deadline, "the run never started"
+        await asyncio.sleep(0.005)
+
+
+def test_full_queue_answers_429_with_retry_after(live_server):
+    server = live_server(concurrency=1, queue_capacity=0, limits={"max_flops": 1e15})
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            slow = asyncio.create_task(client.post(URL, json=SLOW))
+            await wait_until_busy(client)
+            refused = await client.post(URL, json=LESSON_REQUEST)
+            # Budget is checked before admission: an over-budget request is a 422, not a 429.
+            huge = copy.deepcopy(LESSON_REQUEST)
+            huge["model"]["layer_sizes"] = [3, 10**6, 10**6, 1]
+            over_budget = await client.post(URL, json=huge)
+            return refused, over_budget, await slow
+
+    refused, over_budget, slow = asyncio.run(scenario())
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "overloaded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert over_budget.status_code == 422 and over_budget.json()["code"] == "budget_exceeded"
+    assert slow.status_code == 200
+
+
+def test_deadline_gives_504_and_the_worker_stays_healthy(live_server):
+    server = live_server(concurrency=1, request_timeout_s=0.2, limits={"max_flops": 1e15})
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            timed_out = await client.post(URL, json=SLOW)
+            await wait_until_idle(client)  # cancelled at its next layer, slot freed
+            after = await client.post(URL, json=LESSON_REQUEST)
+            return timed_out, after
+
+    timed_out, after = asyncio.run(scenario())
+    assert timed_out.status_code == 504
+    assert timed_out.json()["code"] == "timeout"
+    assert after.status_code == 200
+
+
+def test_client_that_disconnects_frees_its_slot(live_server):
+    server = live_server(concurrency=1, queue_capacity=0, limits={"max_flops": 1e15})
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                async with httpx.AsyncClient(base_url=server.url, timeout=0.3) as impatient:
+                    await impatient.post(URL, json=SLOW)
+            await wait_until_idle(client)
+            return await client.post(URL, json=LESSON_REQUEST)
+
+    assert asyncio.run(scenario()).status_code == 200
+
+
+def test_concurrent_requests_equal_sequential_ones(live_server):
+    server = live_server(concurrency=2, queue_capacity=64)
+    requests = [{k: v for k, v in random_case(i).items() if v is not None} for i in range(20)]
+    requests += [LESSON_REQUEST] * 4
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            sequential = [(await client.post(URL, json=r)).json() for r in requests]
+            responses = await asyncio.gather(*(client.post(URL, json=r) for r in requests))
+            return sequential, [r.json() for r in responses]
+
+    sequential, concurrent = asyncio.run(scenario())
+    assert [without_timing(r) for r in concurrent] == [without_timing(r) for r in sequential]
+
+
+def test_serving_never_touches_the_global_rng(client):
+    torch.manual_seed(42)
+    state = torch.get_rng_state()
+    for i in range(4):
+        case = {k: v for k, v in random_case(i).items() if v is not None}
+        assert client.post(URL, json=case).status_code == 200
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_stopping_worker_finishes_in_flight_work_and_reports_not_ready():
+    from service.config import Settings
+    from service.schemas.requests import DiagnosticsRequest
+    from service.workers.base import DiagnosticsTask
+    from service.workers.devices import DevicePolicy
+    from service.workers.inprocess import InProcessWorker
+    from service.workers.runner import Runner
+
+    settings = Settings(device="cpu")
+    devices = DevicePolicy.from_settings(settings)
+
+    async def scenario():
+        worker = InProcessWorker(devices, concurrency=1, queue_capacity=1, torch_threads=1)
+        await worker.start()
+        runner = Runner(settings, devices, worker)
+        plan = runner.plan(DiagnosticsRequest.model_validate(LESSON_REQUEST))
+        running = asyncio.create_task(worker.submit(DiagnosticsTask(plan), 30))
+        await asyncio.sleep(0)
+        stopping = asyncio.create_task(worker.stop())
+        await asyncio.sleep(0)
+        ready_while_stopping = worker.ready()
+        report = await running
+        await stopping
+        return ready_while_stopping, report
+
+    ready, report = asyncio.run(scenario())
+    assert ready is False
+    assert report["loss"] is not None
