@@ -23,6 +23,7 @@ class Limits(BaseSettings):
     max_layers: int = Field(1024, ge=1, description="layers (or blocks) of one model")
     max_flops: float = Field(5e12, gt=0, description="estimated forward+backward FLOPs")
     max_variants: int = Field(16, ge=1, description="variants of one compare request")
+    max_sweep_runs: int = Field(256, ge=1, description="runs of one sweep (the axes' product)")
 
 
 class Settings(BaseSettings):

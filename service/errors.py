@@ -101,3 +101,56 @@ class Cancelled(Exception):
 
 class ClientClosed(GradiagError):
     code, status, title = "client_closed", 499, "Client closed the request"
+
+
+_TAG_FIELDS = ("kind", "type", "distribution")
+_PAYLOAD_TAGS = {"values": list, "generator": dict}
+
+
+def json_path(loc: Sequence[str | int], document: Any) -> Loc:
+    """A pydantic location as a path into the JSON document.
+
+    Pydantic names the member of a discriminated union in its locations (`model.mlp.x`,
+    `input.generator.normal.shape`); clients want the path of the field they sent
+    (`model.x`). A part that is no key of the document but the value of its discriminator is
+    such a name, and is dropped. Keys the document lacks (missing fields) are kept.
+    """
+    path: list[str | int] = []
+    node = document
+    for part in loc:
+        if _has(node, part):
+            node = node[part]
+        elif _is_union_tag(node, part):
+            continue
+        else:
+            node = None
+        path.append(part)
+    return tuple(path)
+
+
+def _has(node: Any, part: str | int) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def _is_union_tag(node: Any, part: str | int) -> bool:
+    if isinstance(node, dict) and any(node.get(field) == part for field in _TAG_FIELDS):
+        return True
+    payload_type = _PAYLOAD_TAGS.get(part) if isinstance(part, str) else None
+    return payload_type is not None and isinstance(node, payload_type)
+
+
+def pydantic_field_errors(
+    raw_errors: Sequence[Any], document: Any, prefix: Loc = ()
+) -> list[FieldError]:
+    """Pydantic's errors as FieldErrors located by JSON path, never echoing the input
+    (it may be huge, or a NaN that JSON cannot carry)."""
+    errors = []
+    for raw in raw_errors:
+        loc = json_path(tuple(raw.get("loc", ())), document)
+        if raw.get("type") == "union_tag_invalid":  # point at the discriminator field itself
+            loc = (*loc, str(raw.get("ctx", {}).get("discriminator", "")).strip("'"))
+        parts = tuple(part if isinstance(part, int) else str(part) for part in (*prefix, *loc))
+        errors.append(FieldError(parts, str(raw.get("msg", "invalid")), str(raw.get("type", ""))))
+    return errors

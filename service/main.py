@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import service
 from service.api import docs, problems
 from service.api.deps import AppState
-from service.api.routes import diagnostics, meta
+from service.api.routes import diagnostics, meta, sweeps
 from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
 from service.workers.devices import DevicePolicy
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     docs.install(app)
     app.include_router(diagnostics.router)
+    app.include_router(sweeps.router)
     app.include_router(meta.router)
     if settings.cors_origins:
         app.add_middleware(

@@ -42,7 +42,7 @@ class ExampleDeepNeuralNetwork(nn.Module):
     def forward(self, x):
         for layer in self.layers:
             output = layer(x)
-            if self.use_shortcut and x.shape == output.shape:  # noqa: SIM108 (verbatim)
+            if self.use_shortcut and x.shape == output.shape:
                 x = x + output
             else:
                 x = output

@@ -20,7 +20,7 @@ def with_(**changes) -> dict:
 
 
 def assert_problem(response, status: int, code: str, loc: list | None = None) -> dict:
-    assert response.status_code == status, response.text
+    assert response.status_code == status, response.text[:600]
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
     assert {"type", "title", "status", "detail", "code", "errors"} <= set(problem)
@@ -127,46 +127,46 @@ CASES = {
         with_(model_layer_sizes=[3, 0, 1]),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "layer_sizes", 1],
+        ["body", "model", "layer_sizes", 1],
     ),
     "negative_size": (
         with_(model_layer_sizes=[3, -2, 1]),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "layer_sizes", 1],
+        ["body", "model", "layer_sizes", 1],
     ),
     "one_size": (
         with_(model_layer_sizes=[3]),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "layer_sizes"],
+        ["body", "model", "layer_sizes"],
     ),
     "bool_size": (
         with_(model_layer_sizes=[3, True]),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "layer_sizes", 1],
+        ["body", "model", "layer_sizes", 1],
     ),
     "float_size": (
         with_(model_layer_sizes=[3, 1.0]),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "layer_sizes", 1],
+        ["body", "model", "layer_sizes", 1],
     ),
     "unknown_activation": (
         with_(model_activation="gelux"),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "activation"],
+        ["body", "model", "activation"],
     ),
     "unknown_loss": (with_(loss="hinge"), 422, "invalid_request", ["body", "loss"]),
-    "unknown_kind": (with_(model_kind="cnn"), 422, "invalid_request", ["body", "model"]),
+    "unknown_kind": (with_(model_kind="cnn"), 422, "invalid_request", ["body", "model", "kind"]),
     "extra_field": (with_(learning_rate=0.1), 422, "invalid_request", ["body", "learning_rate"]),
     "extra_model_field": (
         with_(model_dropout=0.1),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "dropout"],
+        ["body", "model", "dropout"],
     ),
     "string_seed": (with_(seed="123"), 422, "invalid_request", ["body", "seed"]),
     "bool_seed": (with_(seed=True), 422, "invalid_request", ["body", "seed"]),
@@ -176,7 +176,7 @@ CASES = {
         with_(model_shortcut="yes"),
         422,
         "invalid_request",
-        ["body", "model", "mlp", "shortcut"],
+        ["body", "model", "shortcut"],
     ),
     "bad_dtype": (with_(dtype="float16"), 422, "invalid_request", ["body", "dtype"]),
     "device_not_allowed": (with_(device="cuda"), 422, "unsupported_device", ["body", "device"]),
@@ -185,19 +185,19 @@ CASES = {
         with_(input={"shape": [0, 3], "distribution": "normal"}),
         422,
         "invalid_request",
-        ["body", "input", "generator", "normal", "shape", 0],
+        ["body", "input", "shape", 0],
     ),
     "uniform_low_high": (
         with_(input={"shape": [1, 3], "distribution": "uniform", "low": 1, "high": 0}),
         422,
         "invalid_request",
-        ["body", "input", "generator", "uniform"],
+        ["body", "input"],
     ),
     "unknown_distribution": (
         with_(input={"shape": [1, 3], "distribution": "cauchy"}),
         422,
         "invalid_request",
-        ["body", "input", "generator"],
+        ["body", "input", "distribution"],
     ),
     "tensor_as_string": (with_(input="[[1, 0, -1]]"), 422, "invalid_request", ["body", "input"]),
     "threshold_nonpositive": (
@@ -272,7 +272,7 @@ def test_compare_variant_errors_are_located(client):
     }
     assert_problem(
         client.post(f"{URL}/compare", json=body), 422, "invalid_request",
-        ["body", "variants", "bad", "model", "mlp", "activation"],
+        ["body", "variants", "bad", "model", "activation"],
     )  # fmt: skip
     shape = {"base": LESSON_REQUEST, "variants": {"wide": {"input": [[1.0, 2.0]]}}}
     assert_problem(

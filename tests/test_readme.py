@@ -31,3 +31,19 @@ def test_every_setting_is_documented():
     names = [n for n in Settings.model_fields if n != "limits"] + list(Limits.model_fields)
     for name in names:
         assert f"`GRADIAG_{name.upper()}`" in README, name
+
+
+def test_every_json_example_is_a_valid_request(client):
+    blocks = re.findall(r"```json\n(.*?)```", README, re.S)
+    assert len(blocks) >= 4
+    for block in blocks:
+        body = json.loads(block)
+        if "axes" in body:
+            response = client.post("/v1/sweeps", json=body)
+        elif body["model"].get("preset") == "gpt2-small":
+            # The full model takes seconds; the same request on fewer blocks proves the shape.
+            body["model"]["n_layers"] = 1
+            response = client.post("/v1/diagnostics", json=body)
+        else:
+            response = client.post("/v1/diagnostics", json=body)
+        assert response.status_code == 200, (block, response.text[:400])

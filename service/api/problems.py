@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from service.errors import GradiagError
+from service.errors import GradiagError, pydantic_field_errors
 
 logger = logging.getLogger("gradiag")
 
@@ -81,16 +81,11 @@ def render(error: GradiagError) -> Response:
     )
 
 
-def _field_error(raw: Any) -> dict[str, Any]:
-    # Never echo the input: it may be huge, or a NaN that JSON cannot carry.
-    loc = [part if isinstance(part, int) else str(part) for part in raw.get("loc", ())]
-    return {"loc": loc, "msg": str(raw.get("msg", "invalid")), "type": str(raw.get("type", ""))}
-
-
-def validation_problem(raw_errors: Any) -> Response:
+def validation_problem(raw_errors: Any, body: Any = None) -> Response:
     """422 for pydantic errors; written so that it cannot fail on any error content."""
     try:
-        errors = [_field_error(e) for e in raw_errors]
+        # FastAPI's locations start with "body": walk them from a document that has one.
+        errors = [e.as_dict() for e in pydantic_field_errors(raw_errors, {"body": body})]
     except Exception:  # a malformed error list must still give a clean answer
         errors = []
     first = errors[0] if errors else None
@@ -107,7 +102,7 @@ async def _gradiag_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return validation_problem(exc.errors())
+    return validation_problem(exc.errors(), exc.body)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -45,15 +45,16 @@ class ModelPlan:
     input_kind: InputKind
     output_shape: Shape
     estimate: Estimate
+    input_classes: int | None = None  # token ids must lie in [0, input_classes)
 
 
 @dataclass(frozen=True)
 class ModelKind:
     """One registry entry: everything the service needs to know about a `model.kind`."""
 
-    # (spec, input shape, location of the input in the request) -> plan; raises ShapeMismatch
+    # (spec, input shape, location of the request) -> plan; raises ShapeMismatch
     plan: Callable[[Any, Shape, Loc], ModelPlan]
-    # spec -> module; called under `torch.device("meta")`, so it must not draw random numbers
-    build: Callable[[Any], nn.Module]
+    # (spec, input shape) -> module; called under `torch.device("meta")`: no random draws
+    build: Callable[[Any, Shape], nn.Module]
     # module -> the (name, module) pairs reported as layers
     layers: Callable[[nn.Module], Sequence[tuple[str, nn.Module]]]

@@ -36,11 +36,11 @@ class MLP(nn.Module):
         return x
 
 
-def plan(spec: MLPSpec, input_shape: Shape, input_loc: Loc) -> ModelPlan:
+def plan(spec: MLPSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
     sizes = spec.layer_sizes
     if not input_shape or input_shape[-1] != sizes[0]:
         raise ShapeMismatch.at(
-            input_loc,
+            (*loc, "input"),
             f"input has shape {list(input_shape)}; the mlp expects a last dimension of "
             f"{sizes[0]} (model.layer_sizes[0])",
         )
@@ -57,7 +57,7 @@ def plan(spec: MLPSpec, input_shape: Shape, input_loc: Loc) -> ModelPlan:
     return ModelPlan("float", (*input_shape[:-1], sizes[-1]), estimate)
 
 
-def build(spec: MLPSpec) -> nn.Module:
+def build(spec: MLPSpec, input_shape: Shape) -> nn.Module:
     return MLP(spec.layer_sizes, spec.activation, spec.shortcut, spec.bias)
 
 

@@ -7,13 +7,22 @@ queued, so that an impossible or too expensive request is refused within millise
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits
 from service.diagnostics.tensors import probe_shape
-from service.errors import BudgetExceeded, InvalidRequest, Loc, ShapeMismatch, UnsupportedDevice
+from service.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    InvalidTensor,
+    Loc,
+    ShapeMismatch,
+    UnsupportedDevice,
+)
 from service.schemas.requests import DiagnosticsRequest
+from service.schemas.tensors import RandintTensor
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,18 @@ def _target(request: DiagnosticsRequest, output: Shape, loc: Loc) -> tuple[Shape
         (*loc, "target"),
         f"target has shape {list(shape)}; loss '{request.loss}' needs {wanted}",
     )
+
+
+def _check_generated_ids(payload: Any, classes: int | None, loc: Loc, what: str) -> None:
+    """Generated ids are checked here, against the generator's bounds, not element by element."""
+    if classes is None or not isinstance(payload, RandintTensor):
+        return
+    if payload.low < 0:
+        raise InvalidTensor.at((*loc, "low"), f"{what}s start at 0, not {payload.low}")
+    if payload.high > classes:
+        raise InvalidTensor.at(
+            (*loc, "high"), f"{what}s lie in [0, {classes}): high must be at most {classes}"
+        )
 
 
 def check_budget(estimate: Estimate, elements: int, limits: Limits, loc: Loc) -> None:
@@ -92,8 +113,12 @@ def plan_run(
         )
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
-    model = kind.plan(request.model, input_shape, (*loc, "input"))
+    model = kind.plan(request.model, input_shape, loc)
     target_shape, target_integers = _target(request, model.output_shape, loc)
+    _check_generated_ids(request.input, model.input_classes, (*loc, "input"), "token id")
+    if target_integers:
+        classes = model.output_shape[-1]
+        _check_generated_ids(request.target, classes, (*loc, "target"), "class id")
     elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
     check_budget(model.estimate, elements, limits, loc)
     return RunPlan(

@@ -4,11 +4,13 @@ Runs on a worker thread, never on the event loop. `cancel` is checked at every l
 forward and backward passes, so a run whose client left or whose deadline passed stops soon.
 """
 
+import contextlib
 import hashlib
+import logging
 import platform
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -16,12 +18,15 @@ from torch import nn
 
 import service
 from service.architectures.init import build_seeded
+from service.architectures.modules import set_dropout_generator
 from service.diagnostics.losses import LOSSES
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.statistics import summarise
 from service.diagnostics.tensors import materialise
 from service.diagnostics.verdicts import LayerSignal, judge
-from service.errors import Cancelled, InvalidTensor
+from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
+
+logger = logging.getLogger("gradiag")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -78,13 +83,12 @@ def hash_parameters(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _check_class_ids(target: torch.Tensor, classes: int, plan: RunPlan) -> None:
-    outside = (target < 0) | (target >= classes)
+def _check_ids(ids: torch.Tensor, classes: int, loc: Loc, what: str) -> None:
+    outside = (ids < 0) | (ids >= classes)
     if outside.any():
         index = outside.nonzero()[0].tolist()
         raise InvalidTensor.at(
-            (*plan.loc, "target", *index),
-            f"class id {int(target[tuple(index)])} is outside [0, {classes})",
+            (*loc, *index), f"{what} {int(ids[tuple(index)])} is outside [0, {classes})"
         )
 
 
@@ -137,6 +141,25 @@ def _parameter_findings(parameters: list[dict[str, Any]]) -> list[str]:
     return findings
 
 
+@contextlib.contextmanager
+def _refusals_as_problems(loc: Loc) -> Iterator[None]:
+    """PyTorch refusing an input the shape rules let through is the request's problem.
+
+    The plan checks every shape rule we know of; this is the net under it (for instance a
+    batch norm in training mode with one value per channel). The message is PyTorch's own.
+    """
+    try:
+        yield
+    except (RuntimeError, ValueError, IndexError) as exc:
+        if isinstance(exc.__cause__, Cancelled) or isinstance(exc, Cancelled):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        logger.warning("run refused by torch: %s", message)
+        raise ShapeMismatch.at(
+            (*loc, "model"), f"PyTorch refused this model and input: {message}"
+        ) from None
+
+
 class _Clock:
     def __init__(self, device: torch.device):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else None
@@ -159,25 +182,33 @@ def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
     clock = _Clock(device)
     started = clock.last
 
-    module, _generator = build_seeded(lambda: plan.kind.build(request.model), request.seed)
+    module, generator = build_seeded(
+        lambda: plan.kind.build(request.model, plan.input_shape), request.seed
+    )
+    set_dropout_generator(module, generator)
     module = module.to(dtype=dtype)
     init_sha256 = hash_parameters(module)
     module = module.to(device).train(request.mode == "train")
+    input_loc, target_loc = (*plan.loc, "input"), (*plan.loc, "target")
     inputs = materialise(
-        request.input, plan.input_shape, plan.model.input_kind == "int", dtype, (*plan.loc, "input")
-    ).to(device)
+        request.input, plan.input_shape, plan.model.input_kind == "int", dtype, input_loc
+    )
+    if plan.model.input_classes is not None:
+        _check_ids(inputs, plan.model.input_classes, input_loc, "token id")
     target = None
     if plan.target_shape is not None:
         target = materialise(
-            request.target, plan.target_shape, plan.target_integers, dtype, (*plan.loc, "target")
-        ).to(device)
+            request.target, plan.target_shape, plan.target_integers, dtype, target_loc
+        )
         if plan.target_integers:
-            _check_class_ids(target, plan.model.output_shape[-1], plan)
+            _check_ids(target, plan.model.output_shape[-1], target_loc, "class id")
+        target = target.to(device)
+    inputs = inputs.to(device)
     layers = plan.kind.layers(module)
     _check(cancel)
     clock.lap("build")
 
-    with LayerCapture(layers, cancel) as capture:
+    with LayerCapture(layers, cancel) as capture, _refusals_as_problems(plan.loc):
         output = module(inputs)
         loss = LOSSES[request.loss](output, target)
         clock.lap("forward")

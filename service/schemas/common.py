@@ -1,6 +1,6 @@
 """Base model and constrained scalar types shared by every schema."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,3 +14,8 @@ class StrictModel(BaseModel):
     """Strict: no coercion (no "1.5" or true for a number), no unknown fields, no NaN."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+def example(value: dict[str, Any]) -> ConfigDict:
+    """Model config adding one example to the model's JSON schema (and so to the docs)."""
+    return ConfigDict(json_schema_extra={"examples": [value]})

@@ -1,17 +1,27 @@
 """Model specs: architectures as data, a discriminated union on `kind`."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from service.architectures.activations import ACTIVATIONS
-from service.schemas.common import Size, StrictModel
+from service.schemas.common import Size, StrictModel, example
+from service.schemas.layers import LayerSpec
 
 ActivationName = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 
 
 class MLPSpec(StrictModel):
     """The lesson's network: `layers.{i}` = Sequential(Linear, activation) per size pair."""
+
+    model_config = example(
+        {
+            "kind": "mlp",
+            "layer_sizes": [3, 3, 3, 3, 3, 1],
+            "activation": "gelu_tanh",
+            "shortcut": True,
+        }
+    )
 
     kind: Literal["mlp"]
     layer_sizes: list[Size] = Field(min_length=2, max_length=4097, examples=[[3, 3, 3, 3, 3, 1]])
@@ -20,4 +30,93 @@ class MLPSpec(StrictModel):
     bias: bool = True
 
 
-ModelSpec = Annotated[MLPSpec, Field(discriminator="kind")]
+class SequentialSpec(StrictModel):
+    """Layers applied in order, named `layers.{i}`; each input size is inferred."""
+
+    model_config = example(
+        {
+            "kind": "sequential",
+            "layers": [
+                {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                {"type": "batch_norm"},
+                {"type": "relu"},
+                {"type": "max_pool2d", "kernel_size": 2},
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 10},
+            ],
+        }
+    )
+
+    kind: Literal["sequential"]
+    layers: list[LayerSpec] = Field(
+        min_length=1,
+        max_length=4096,
+        examples=[
+            [
+                {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                {"type": "batch_norm"},
+                {"type": "relu"},
+                {"type": "max_pool2d", "kernel_size": 2},
+                {"type": "flatten"},
+                {"type": "linear", "out_features": 10},
+            ]
+        ],
+    )
+
+
+GPT_PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-small": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
+                   "n_layers": 12, "drop_rate": 0.1, "qkv_bias": False},
+    "gpt2-medium": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 1024, "n_heads": 16,
+                    "n_layers": 24, "drop_rate": 0.1, "qkv_bias": False},
+    "gpt2-large": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 1280, "n_heads": 20,
+                   "n_layers": 36, "drop_rate": 0.1, "qkv_bias": False},
+    "gpt2-xl": {"vocab_size": 50257, "context_length": 1024, "emb_dim": 1600, "n_heads": 25,
+                "n_layers": 48, "drop_rate": 0.1, "qkv_bias": False},
+    "gpt-tiny": {"vocab_size": 96, "context_length": 32, "emb_dim": 64, "n_heads": 4,
+                 "n_layers": 2, "drop_rate": 0.0, "qkv_bias": False},
+    "gpt-micro": {"vocab_size": 16, "context_length": 8, "emb_dim": 8, "n_heads": 2,
+                  "n_layers": 1, "drop_rate": 0.0, "qkv_bias": False},
+}  # fmt: skip
+
+GPT_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate",
+                   "qkv_bias")  # fmt: skip
+
+
+class GPTSpec(StrictModel):
+    """The course's GPT-2 style model (chapter 4). A `preset` fills the config; fields given
+    next to it override the preset's. Without a preset every config key is required."""
+
+    model_config = example(
+        {"kind": "gpt", "preset": "gpt2-small", "n_layers": 4, "shortcut": True, "norm": "pre"}
+    )
+
+    kind: Literal["gpt"]
+    preset: Literal[tuple(GPT_PRESETS)] | None = None  # type: ignore[valid-type]
+    vocab_size: Size | None = None
+    context_length: Size | None = None
+    emb_dim: Size | None = None
+    n_heads: Annotated[int, Field(ge=1, le=1024)] | None = None
+    n_layers: Annotated[int, Field(ge=1, le=1024)] | None = None
+    drop_rate: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] | None = None
+    qkv_bias: bool | None = None
+    shortcut: bool = Field(True, description="the blocks' shortcut connections")
+    norm: Literal["pre", "post", "none"] = Field(
+        "pre", description="LayerNorm before each branch (course), after the sum, or none"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        missing = [k for k in GPT_CONFIG_KEYS if self.config().get(k) is None]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}: give them or a preset")
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config: the preset's values, overridden by the fields given."""
+        base = dict(GPT_PRESETS[self.preset]) if self.preset else {}
+        given = {k: getattr(self, k) for k in GPT_CONFIG_KEYS if getattr(self, k) is not None}
+        return base | given
+
+
+ModelSpec = Annotated[MLPSpec | SequentialSpec | GPTSpec, Field(discriminator="kind")]

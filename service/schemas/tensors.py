@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
 
-from service.schemas.common import FiniteFloat, Seed, Size, StrictModel
+from service.schemas.common import FiniteFloat, Seed, Size, StrictModel, example
 
 MAX_DIMS = 8
 
@@ -43,6 +43,10 @@ class _Generator(StrictModel):
 class NormalTensor(_Generator):
     """`torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std + mean`."""
 
+    model_config = example(
+        {"shape": [64, 3], "distribution": "normal", "mean": 0.0, "std": 1.0, "seed": 7}
+    )
+
     distribution: Literal["normal"]
     mean: FiniteFloat = 0.0
     std: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
@@ -50,6 +54,10 @@ class NormalTensor(_Generator):
 
 class UniformTensor(_Generator):
     """`torch.rand(shape, generator=...) * (high - low) + low`."""
+
+    model_config = example(
+        {"shape": [64, 3], "distribution": "uniform", "low": -1.0, "high": 1.0, "seed": 7}
+    )
 
     distribution: Literal["uniform"]
     low: FiniteFloat = 0.0
@@ -65,6 +73,10 @@ class UniformTensor(_Generator):
 class RandintTensor(_Generator):
     """`torch.randint(low, high, shape, generator=...)`: integer class ids or token ids."""
 
+    model_config = example(
+        {"shape": [1, 128], "distribution": "randint", "low": 0, "high": 50257, "seed": 7}
+    )
+
     distribution: Literal["randint"]
     low: Annotated[int, Field(ge=-(2**62), le=2**62)] = 0
     high: Annotated[int, Field(ge=-(2**62), le=2**62)]
@@ -78,6 +90,8 @@ class RandintTensor(_Generator):
 
 class ConstantTensor(_Generator):
     """A tensor of zeros or ones."""
+
+    model_config = example({"shape": [64, 1], "distribution": "zeros"})
 
     distribution: Literal["zeros", "ones"]
 

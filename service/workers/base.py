@@ -16,7 +16,12 @@ class CompareTask:
     plans: dict[str, RunPlan]
 
 
-Task = DiagnosticsTask | CompareTask
+@dataclass(frozen=True)
+class SweepTask:
+    runs: list[tuple[dict[str, Any], RunPlan]]  # (axis values, plan)
+
+
+Task = DiagnosticsTask | CompareTask | SweepTask
 
 
 class Worker(Protocol):

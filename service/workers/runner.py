@@ -1,14 +1,43 @@
 """Plans requests against the settings and hands them to the worker."""
 
+from collections.abc import Iterable
+from typing import Any
+
 from pydantic import ValidationError
 
 from service.config import Settings
 from service.diagnostics.compare import merge_patch
 from service.diagnostics.plan import RunPlan, plan_run
-from service.errors import BudgetExceeded, FieldError, InvalidRequest, Loc
+from service.diagnostics.sweep import expand
+from service.errors import (
+    BudgetExceeded,
+    FieldError,
+    GradiagError,
+    InvalidRequest,
+    Loc,
+    pydantic_field_errors,
+)
 from service.schemas.requests import CompareRequest, DiagnosticsRequest
-from service.workers.base import CompareTask, DiagnosticsTask, Worker
+from service.schemas.sweeps import SweepRequest
+from service.workers.base import CompareTask, DiagnosticsTask, SweepTask, Worker
 from service.workers.devices import DevicePolicy
+
+BASE: Loc = ("body", "base")
+
+
+def _at_axis_values(error: GradiagError, request: SweepRequest, point: dict[str, Any]) -> Any:
+    """Errors inside a swept field point at the axis value that put it there."""
+    errors = []
+    for field in error.errors:
+        loc = field.loc
+        for index, axis in enumerate(request.axes):
+            keys = tuple(int(k) if k.isdigit() else k for k in axis.path.split("."))
+            if loc[len(BASE) : len(BASE) + len(keys)] == keys:
+                value_index = axis.values.index(point[axis.path])
+                loc = ("body", "axes", index, "values", value_index, *loc[len(BASE) + len(keys) :])
+        errors.append(FieldError(loc, field.msg, field.type))
+    error.errors = errors
+    return error
 
 
 class Runner:
@@ -29,36 +58,66 @@ class Runner:
             loc=loc,
         )
 
-    def plan_compare(self, request: CompareRequest) -> CompareTask:
-        limits = self.settings.limits
-        if len(request.variants) > limits.max_variants:
-            raise InvalidRequest.at(("body", "variants"), f"at most {limits.max_variants} variants")
-        plans = {}
-        for name, patch in request.variants.items():
-            loc: Loc = ("body", "variants", name)
-            try:
-                variant = DiagnosticsRequest.model_validate(merge_patch(request.base, patch))
-            except ValidationError as exc:
-                errors = [
-                    FieldError(
-                        (*loc, *e["loc"]), f"base merged with '{name}': {e['msg']}", e["type"]
-                    )
-                    for e in exc.errors()
-                ]
-                raise InvalidRequest(errors[0].msg, errors=errors) from None
-            plans[name] = self.plan(variant, loc)
-        flops = sum(p.model.estimate.flops for p in plans.values())
-        if flops > limits.max_flops:
+    def _plan_document(self, document: dict[str, Any], loc: Loc, origin: str) -> RunPlan:
+        """Validate a derived request (a merged variant, a sweep point) and plan it."""
+        try:
+            request = DiagnosticsRequest.model_validate(document)
+        except ValidationError as exc:
+            errors = pydantic_field_errors(exc.errors(), document, loc)
+            raise InvalidRequest(f"{origin}: {errors[0].msg}", errors=errors) from None
+        return self.plan(request, loc)
+
+    def _check_total(self, plans: Iterable[RunPlan], what: str) -> None:
+        """Runs of one request count against the FLOP budget together."""
+        flops = sum(p.model.estimate.flops for p in plans)
+        limit = self.settings.limits.max_flops
+        if flops > limit:
             raise BudgetExceeded(
-                f"estimated flops of all variants {flops:,} > {limits.max_flops:,}",
-                extra={"estimate": {"flops": flops}, "limit": {"flops": limits.max_flops}},
+                f"estimated flops of all {what} {flops:,} > {limit:,}",
+                extra={"estimate": {"flops": flops}, "limit": {"flops": limit}},
             )
+
+    def plan_compare(self, request: CompareRequest) -> CompareTask:
+        limit = self.settings.limits.max_variants
+        if len(request.variants) > limit:
+            raise InvalidRequest.at(("body", "variants"), f"at most {limit} variants")
+        plans = {
+            name: self._plan_document(
+                merge_patch(request.base, patch),
+                ("body", "variants", name),
+                f"base merged with variant '{name}'",
+            )
+            for name, patch in request.variants.items()
+        }
+        self._check_total(plans.values(), "variants")
         return CompareTask(plans)
+
+    def plan_sweep(self, request: SweepRequest) -> SweepTask:
+        count = 1
+        for axis in request.axes:
+            count *= len(axis.values)
+        limit = self.settings.limits.max_sweep_runs
+        if count > limit:
+            raise BudgetExceeded(
+                f"the axes make {count} runs; at most {limit}",
+                errors=[],
+                extra={"estimate": {"runs": count}, "limit": {"runs": limit}},
+            )
+        runs = []
+        for axes, document in expand(request.base, request.axes):
+            try:
+                runs.append((axes, self._plan_document(document, BASE, f"sweep point {axes}")))
+            except GradiagError as error:
+                raise _at_axis_values(error, request, axes) from None
+        self._check_total((plan for _, plan in runs), "sweep runs")
+        return SweepTask(runs)
 
     async def diagnose(self, request: DiagnosticsRequest) -> dict:
         task = DiagnosticsTask(self.plan(request))
         return await self.worker.submit(task, self.settings.request_timeout_s)
 
     async def compare(self, request: CompareRequest) -> dict:
-        task = self.plan_compare(request)
-        return await self.worker.submit(task, self.settings.request_timeout_s)
+        return await self.worker.submit(self.plan_compare(request), self.settings.request_timeout_s)
+
+    async def sweep(self, request: SweepRequest) -> dict:
+        return await self.worker.submit(self.plan_sweep(request), self.settings.request_timeout_s)

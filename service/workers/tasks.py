@@ -5,7 +5,8 @@ from typing import Any
 
 from service.diagnostics.compare import compare
 from service.diagnostics.run import run
-from service.workers.base import CompareTask, DiagnosticsTask, Task
+from service.diagnostics.sweep import sweep_report
+from service.workers.base import CompareTask, DiagnosticsTask, SweepTask, Task
 
 
 def execute(task: Task, cancel: threading.Event) -> Any:
@@ -13,4 +14,6 @@ def execute(task: Task, cancel: threading.Event) -> Any:
         return run(task.plan, cancel)
     if isinstance(task, CompareTask):
         return compare({name: run(plan, cancel) for name, plan in task.plans.items()})
+    if isinstance(task, SweepTask):
+        return sweep_report([(axes, run(plan, cancel)) for axes, plan in task.runs])
     raise TypeError(f"unknown task {type(task).__name__}")

@@ -38,7 +38,7 @@ async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
     raise ClientClosed("the client disconnected; its run was cancelled")
 
 
-def _json(report: dict[str, Any]) -> Response:
+def json_response(report: dict[str, Any]) -> Response:
     return Response(orjson.dumps(report), media_type="application/json")
 
 
@@ -63,7 +63,7 @@ async def run_diagnostics(
     finding. Requests that do not fit the architecture or the budget are refused with 422
     before anything is allocated.
     """
-    return _json(await until_disconnected(request, runner.diagnose(body)))
+    return json_response(await until_disconnected(request, runner.diagnose(body)))
 
 
 @router.post(
@@ -83,4 +83,4 @@ async def compare_diagnostics(
     The lesson's experiment is one call: variants `{"plain": {"model": {"shortcut": false}},
     "shortcut": {"model": {"shortcut": true}}}`.
     """
-    return _json(await until_disconnected(request, runner.compare(body)))
+    return json_response(await until_disconnected(request, runner.compare(body)))

@@ -4,7 +4,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 import service
 from service.api.deps import RunnerDep
@@ -15,14 +15,33 @@ from service.diagnostics.losses import LOSSES
 from service.diagnostics.run import DTYPES
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import NotReady
-from service.schemas.models import MLPSpec
+from service.schemas.layers import LAYER_SPECS
+from service.schemas.models import GPT_PRESETS, GPTSpec, MLPSpec, SequentialSpec
 from service.schemas.reports import Stats
 from service.schemas.requests import Thresholds
 from service.schemas.tensors import TensorGenerator
 
 router = APIRouter(tags=["service"])
 
-_SPEC_MODELS: dict[str, type[BaseModel]] = {"mlp": MLPSpec}
+_SPEC_MODELS: dict[str, type[BaseModel]] = {
+    "mlp": MLPSpec,
+    "sequential": SequentialSpec,
+    "gpt": GPTSpec,
+}
+_GENERATOR_SCHEMA = TypeAdapter(TensorGenerator).json_schema()
+
+
+def _layer_types() -> dict[str, dict[str, Any]]:
+    """Every layer `type` with the JSON schema of its fields."""
+    types = {}
+    for spec in LAYER_SPECS:
+        schema = spec.model_json_schema()
+        for name in spec.model_fields["type"].annotation.__args__:  # type: ignore[union-attr]
+            types[name] = schema
+    return types
+
+
+_LAYER_TYPES = _layer_types()
 
 
 class Devices(BaseModel):
@@ -33,6 +52,8 @@ class Devices(BaseModel):
 class Capabilities(BaseModel):
     service_version: str
     model_kinds: dict[str, dict[str, Any]]
+    layer_types: dict[str, dict[str, Any]]
+    gpt_presets: dict[str, dict[str, Any]]
     activations: list[str]
     losses: list[str]
     dtypes: list[str]
@@ -60,17 +81,20 @@ class Readiness(BaseModel):
 
 @router.get("/v1/capabilities", operation_id="get_capabilities", response_model=Capabilities)
 async def get_capabilities(runner: RunnerDep) -> Capabilities:
-    """Everything a client needs to build a valid request: model kinds with their JSON
-    schemas, activations, losses, dtypes, tensor generators, the statistics and verdicts
-    reported, the devices a request may name, and the limits it must fit."""
+    """Everything a client needs to build a valid request: model kinds and layer types with
+    their JSON schemas, GPT presets, activations, losses, dtypes, tensor generators, the
+    statistics and verdicts reported, the devices a request may name, and the limits it
+    must fit."""
     settings = runner.settings
     return Capabilities(
         service_version=service.__version__,
         model_kinds={kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS},
+        layer_types=_LAYER_TYPES,
+        gpt_presets=GPT_PRESETS,
         activations=list(ACTIVATIONS),
         losses=list(LOSSES),
         dtypes=list(DTYPES),
-        tensor_generators={"schema": _generator_schema()},
+        tensor_generators={"schema": _GENERATOR_SCHEMA},
         statistics=list(Stats.model_fields),
         verdicts=list(SEVERITY),
         default_thresholds=Thresholds(),
@@ -80,12 +104,6 @@ async def get_capabilities(runner: RunnerDep) -> Capabilities:
         request_timeout_s=settings.request_timeout_s,
         capacity=runner.worker.capacity,
     )
-
-
-def _generator_schema() -> dict[str, Any]:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(TensorGenerator).json_schema()
 
 
 @router.get("/healthz", operation_id="healthz", response_model=Health)

@@ -1,0 +1,59 @@
+"""The `gpt` kind: the course's GPTModel on token ids, next-token logits (b, T, vocab)."""
+
+from torch import nn
+
+from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
+from service.architectures.layers import attention_estimate
+from service.architectures.modules import GPTModel
+from service.errors import Loc, ShapeMismatch
+from service.schemas.models import GPTSpec
+
+
+def plan(spec: GPTSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
+    cfg = spec.config()
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise ShapeMismatch.at(
+            (*loc, "model", "n_heads"),
+            f"n_heads={cfg['n_heads']} does not divide emb_dim={cfg['emb_dim']}",
+        )
+    if len(input_shape) != 2:
+        raise ShapeMismatch.at(
+            (*loc, "input"), f"token ids of shape (batch, tokens) expected, got {list(input_shape)}"
+        )
+    batch, tokens = input_shape
+    if tokens > cfg["context_length"]:
+        raise ShapeMismatch.at(
+            (*loc, "input"),
+            f"{tokens} tokens exceed the context length {cfg['context_length']}",
+        )
+    emb, vocab = cfg["emb_dim"], cfg["vocab_size"]
+    block = attention_estimate((batch, tokens, emb), cfg["n_heads"], cfg["qkv_bias"], ff_mult=4)
+    embeddings = Estimate((vocab + cfg["context_length"]) * emb, 2 * batch * tokens * emb, 0, 0)
+    head = Estimate(
+        vocab * emb + 2 * emb,
+        2 * batch * tokens * (vocab + emb),
+        6 * batch * tokens * emb * vocab,
+        0,
+    )
+    blocks = Estimate(
+        block.parameters * cfg["n_layers"],
+        block.activation_elements * cfg["n_layers"],
+        block.flops * cfg["n_layers"],
+        cfg["n_layers"],
+    )
+    estimate = embeddings + blocks + head
+    output = (batch, tokens, vocab)
+    return ModelPlan("int", output, estimate, input_classes=vocab)
+
+
+def build(spec: GPTSpec, input_shape: Shape) -> nn.Module:
+    return GPTModel(**spec.config(), norm=spec.norm, shortcut=spec.shortcut)
+
+
+def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The transformer blocks: the last block, not the vocabulary head, is the reference."""
+    assert isinstance(module, GPTModel)
+    return [(f"trf_blocks.{i}", block) for i, block in enumerate(module.trf_blocks)]
+
+
+GPT_KIND = ModelKind(plan=plan, build=build, layers=layers)

@@ -1,0 +1,122 @@
+"""Sweeps: expand axes into requests; summarise runs, with statistics across seeds."""
+
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from service.errors import InvalidRequest, Loc
+
+SEED_AXIS = "seed"
+
+
+def set_path(document: dict[str, Any], path: str, value: Any, loc: Loc) -> dict[str, Any]:
+    """A copy of `document` with `value` at the dotted `path` (objects created as needed)."""
+    keys: list[str | int] = [int(k) if k.isdigit() else k for k in path.split(".")]
+    root: dict[str, Any] = dict(document)
+    node: Any = root
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(key, int):
+            if not isinstance(node, list) or not 0 <= key < len(node):
+                raise InvalidRequest.at(loc, f"'{path}': no list item {key} in the base request")
+        elif not isinstance(node, dict):
+            raise InvalidRequest.at(loc, f"'{path}': '{key}' is not inside an object")
+        if last:
+            node[key] = value
+        else:
+            child = node[key] if isinstance(key, int) or key in node else {}
+            child = list(child) if isinstance(child, list) else dict(child)
+            node[key] = child
+            node = child
+    return root
+
+
+def expand(
+    base: dict[str, Any], axes: Sequence[Any]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(axis values, request) for every combination, the last axis varying fastest."""
+    combos = []
+    for values in itertools.product(*(axis.values for axis in axes)):
+        request = base
+        for index, (axis, value) in enumerate(zip(axes, values, strict=True)):
+            request = set_path(request, axis.path, value, ("body", "axes", index, "path"))
+        combos.append(({a.path: v for a, v in zip(axes, values, strict=True)}, request))
+    return combos
+
+
+def summarise_run(axes: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "axes": axes,
+        "loss": report["loss"],
+        "verdict": report["diagnosis"]["verdict"],
+        "first_to_last_ratio": report["diagnosis"]["first_to_last_ratio"],
+        "layers": [
+            {
+                "name": layer["name"],
+                "output_grad_mean_abs": (layer["output_grad"] or {}).get("mean_abs"),
+                "param_grad_mean_abs": layer["param_grad_mean_abs"],
+                "relative_to_last": layer["relative_to_last"],
+                "verdict": layer["verdict"],
+            }
+            for layer in report["layers"]
+        ],
+        "parameters": [
+            {
+                "name": p["name"],
+                "grad_mean_abs": (p["grad"] or {}).get("mean_abs"),
+                "grad_l2_norm": (p["grad"] or {}).get("l2_norm"),
+            }
+            for p in report["parameters"]
+        ],
+    }
+
+
+def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if len(finite) != len(values) or not finite:
+        return {"mean": None, "std": None, "n": len(finite)}
+    std = statistics.stdev(finite) if len(finite) > 1 else None
+    return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
+
+
+def across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group runs by every axis but `seed`; per layer name, mean and std across seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        others = {k: v for k, v in run["axes"].items() if k != SEED_AXIS}
+        groups.setdefault(repr(sorted(others.items())), []).append(run)
+    summaries = []
+    for members in groups.values():
+        names = [layer["name"] for layer in members[0]["layers"]]
+        per_name = {
+            name: [next((x for x in m["layers"] if x["name"] == name), None) for m in members]
+            for name in names
+        }
+        summaries.append(
+            {
+                "axes": {k: v for k, v in members[0]["axes"].items() if k != SEED_AXIS},
+                "seeds": [m["axes"][SEED_AXIS] for m in members],
+                "first_to_last_ratio": _mean_std([m["first_to_last_ratio"] for m in members]),
+                "layers": [
+                    {
+                        "name": name,
+                        "output_grad_mean_abs": _mean_std(
+                            [x["output_grad_mean_abs"] if x else None for x in layers]
+                        ),
+                        "param_grad_mean_abs": _mean_std(
+                            [x["param_grad_mean_abs"] if x else None for x in layers]
+                        ),
+                    }
+                    for name, layers in per_name.items()
+                ],
+            }
+        )
+    return summaries
+
+
+def sweep_report(runs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    summaries = [summarise_run(axes, report) for axes, report in runs]
+    has_seed_axis = bool(summaries) and SEED_AXIS in summaries[0]["axes"]
+    return {"runs": summaries, "across_seeds": across_seeds(summaries) if has_seed_axis else None}
