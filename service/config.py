@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
+    model_cache_bytes: int = Field(
+        1 << 30, ge=0, description="initial models kept for repeated requests (LRU); 0: none"
+    )
     cors_origins: list[str] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
 

@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             concurrency=settings.concurrency,
             queue_capacity=settings.queue_capacity,
             torch_threads=settings.torch_threads,
+            cache_bytes=settings.model_cache_bytes,
         )
         await worker.start()
         try:

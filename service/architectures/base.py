@@ -58,3 +58,5 @@ class ModelKind:
     build: Callable[[Any, Shape], nn.Module]
     # module -> the (name, module) pairs reported as layers
     layers: Callable[[nn.Module], Sequence[tuple[str, nn.Module]]]
+    # whether the module depends on the input's non-batch dimensions (inferred sizes)
+    build_uses_input_shape: bool = False

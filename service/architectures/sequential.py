@@ -57,4 +57,4 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"layers.{i}", layer) for i, layer in enumerate(module.layers)]
 
 
-SEQUENTIAL_KIND = ModelKind(plan=plan, build=build, layers=layers)
+SEQUENTIAL_KIND = ModelKind(plan=plan, build=build, layers=layers, build_uses_input_shape=True)

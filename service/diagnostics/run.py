@@ -5,7 +5,6 @@ forward and backward passes, so a run whose client left or whose deadline passed
 """
 
 import contextlib
-import hashlib
 import logging
 import platform
 import threading
@@ -17,20 +16,22 @@ import torch
 from torch import nn
 
 import service
-from service.architectures.init import build_seeded
-from service.architectures.modules import set_dropout_generator
 from service.diagnostics.losses import LOSSES
+from service.diagnostics.models import DTYPES, InitialModel, ModelCache
 from service.diagnostics.plan import RunPlan
+from service.diagnostics.report import (
+    layer_signal,
+    parameter_findings,
+    parameter_report,
+    weighted_mean,
+)
 from service.diagnostics.statistics import summarise
 from service.diagnostics.tensors import materialise
-from service.diagnostics.verdicts import LayerSignal, judge
+from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
 
 logger = logging.getLogger("gradiag")
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-Stats = dict[str, Any]
 
 
 def _check(cancel: threading.Event) -> None:
@@ -73,16 +74,6 @@ class LayerCapture:
             handle.remove()
 
 
-def hash_parameters(module: nn.Module) -> str:
-    """sha256 over names, shapes, dtypes and raw bytes of the parameters, in order."""
-    digest = hashlib.sha256()
-    for name, param in module.named_parameters():
-        tensor = param.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{list(param.shape)}:{param.dtype};".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 def _check_ids(ids: torch.Tensor, classes: int, loc: Loc, what: str) -> None:
     outside = (ids < 0) | (ids >= classes)
     if outside.any():
@@ -90,55 +81,6 @@ def _check_ids(ids: torch.Tensor, classes: int, loc: Loc, what: str) -> None:
         raise InvalidTensor.at(
             (*loc, *index), f"{what} {int(ids[tuple(index)])} is outside [0, {classes})"
         )
-
-
-def _weighted_mean(stats: Sequence[Stats], key: str) -> float | None:
-    values = [(s[key], s["numel"]) for s in stats]
-    if not values or any(v is None for v, _ in values):
-        return None
-    return sum(v * n for v, n in values) / sum(n for _, n in values)
-
-
-def _parameter_report(
-    name: str, shape: list[int], layer: str | None, grad: Stats | None, value: Stats
-) -> dict[str, Any]:
-    ratio = None
-    if grad is not None and grad["l2_norm"] is not None and value["l2_norm"]:
-        ratio = grad["l2_norm"] / value["l2_norm"]
-    return {
-        "name": name,
-        "layer": layer,
-        "shape": shape,
-        "grad": grad,
-        "value": value,
-        "grad_to_value_ratio": ratio,
-    }
-
-
-def _signal(
-    name: str, own: list[Stats], output: Stats | None, output_grad: Stats | None, metric: str
-) -> LayerSignal:
-    flowing = [output_grad] if output_grad is not None else []
-    return LayerSignal(
-        name=name,
-        metric=_weighted_mean(own if metric == "param_grad" else flowing, "mean_abs"),
-        # Dead: the layer's parameters learn nothing (or, without parameters, no gradient).
-        zero_fraction=_weighted_mean(own or flowing, "zero_fraction"),
-        nonfinite=any(s["nonfinite_count"] for s in [*own, *flowing, *filter(None, [output])]),
-    )
-
-
-def _parameter_findings(parameters: list[dict[str, Any]]) -> list[str]:
-    findings = []
-    nonfinite = [p["name"] for p in parameters if p["grad"] and p["grad"]["nonfinite_count"]]
-    if nonfinite:
-        findings.append(
-            f"{len(nonfinite)} parameters have NaN/Inf gradients: {', '.join(nonfinite[:8])}"
-        )
-    no_grad = [p["name"] for p in parameters if p["grad"] is None]
-    if no_grad:
-        findings.append(f"{len(no_grad)} parameters received no gradient: {', '.join(no_grad[:8])}")
-    return findings
 
 
 @contextlib.contextmanager
@@ -174,21 +116,8 @@ class _Clock:
         self.last = now
 
 
-def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
-    """Build the model, run one forward and backward pass, and report."""
-    request = plan.request
-    device = torch.device(plan.device)
-    dtype = DTYPES[plan.dtype]
-    clock = _Clock(device)
-    started = clock.last
-
-    module, generator = build_seeded(
-        lambda: plan.kind.build(request.model, plan.input_shape), request.seed
-    )
-    set_dropout_generator(module, generator)
-    module = module.to(dtype=dtype)
-    init_sha256 = hash_parameters(module)
-    module = module.to(device).train(request.mode == "train")
+def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    request, dtype = plan.request, DTYPES[plan.dtype]
     input_loc, target_loc = (*plan.loc, "input"), (*plan.loc, "target")
     inputs = materialise(
         request.input, plan.input_shape, plan.model.input_kind == "int", dtype, input_loc
@@ -203,11 +132,36 @@ def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
         if plan.target_integers:
             _check_ids(target, plan.model.output_shape[-1], target_loc, "class id")
         target = target.to(device)
-    inputs = inputs.to(device)
-    layers = plan.kind.layers(module)
-    _check(cancel)
-    clock.lap("build")
+    return inputs.to(device), target
 
+
+def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> dict[str, Any]:
+    """Run one forward and backward pass of the plan's initial model, and report."""
+    device = torch.device(plan.device)
+    clock = _Clock(device)
+    started = clock.last
+    inputs, target = _inputs(plan, device)
+    model = models.checkout(plan)
+    try:
+        _check(cancel)
+        clock.lap("build")
+        return _diagnose(plan, model, inputs, target, cancel, clock, started)
+    finally:
+        models.checkin(model)
+
+
+def _diagnose(
+    plan: RunPlan,
+    model: InitialModel,
+    inputs: torch.Tensor,
+    target: torch.Tensor | None,
+    cancel: threading.Event,
+    clock: _Clock,
+    started: float,
+) -> dict[str, Any]:
+    request = plan.request
+    module = model.module.train(request.mode == "train")
+    layers = plan.kind.layers(module)
     with LayerCapture(layers, cancel) as capture, _refusals_as_problems(plan.loc):
         output = module(inputs)
         loss = LOSSES[request.loss](output, target)
@@ -220,12 +174,9 @@ def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
     with_grad = [p.grad for _, p in named if p.grad is not None]
     outputs = [t for t in capture.outputs if t is not None]
     grads = [t for t in capture.grads if t is not None]
-    stats = iter(
-        summarise([loss.detach().reshape(1), *with_grad, *(p for _, p in named), *outputs, *grads])
-    )
+    stats = iter(summarise([loss.detach().reshape(1), *with_grad, *outputs, *grads]))
     loss_value = next(stats)["mean"]
     grad_stats = [next(stats) if p.grad is not None else None for _, p in named]
-    value_stats = [next(stats) for _ in named]
     output_stats = [next(stats) if t is not None else None for t in capture.outputs]
     output_grad_stats = [next(stats) if t is not None else None for t in capture.grads]
     clock.lap("statistics")
@@ -233,9 +184,9 @@ def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
     owner = {id(p): name for name, layer in layers for p in layer.parameters()}
     owners = [owner.get(id(p)) for _, p in named]
     parameters = [
-        _parameter_report(name, list(param.shape), layer, grad, value)
+        parameter_report(name, list(param.shape), layer, grad, value)
         for (name, param), layer, grad, value in zip(
-            named, owners, grad_stats, value_stats, strict=True
+            named, owners, grad_stats, model.value_stats, strict=True
         )
     ]
     thresholds = request.thresholds
@@ -244,7 +195,7 @@ def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
         for name, _ in layers
     ]
     signals = [
-        _signal(name, own, output_stats[i], output_grad_stats[i], thresholds.metric)
+        layer_signal(name, own, output_stats[i], output_grad_stats[i], thresholds.metric)
         for i, ((name, _), own) in enumerate(zip(layers, own_grads, strict=True))
     ]
     verdicts = judge(signals, loss_value is not None, thresholds)
@@ -255,7 +206,7 @@ def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
             "output_shape": list(out.shape) if out is not None else [],
             "output": output_stats[i],
             "output_grad": output_grad_stats[i],
-            "param_grad_mean_abs": _weighted_mean(own_grads[i], "mean_abs"),
+            "param_grad_mean_abs": weighted_mean(own_grads[i], "mean_abs"),
             "relative_to_last": verdicts.relative[i],
             "verdict": verdicts.per_layer[i],
         }
@@ -271,17 +222,17 @@ def run(plan: RunPlan, cancel: threading.Event) -> dict[str, Any]:
             "verdict": verdicts.verdict,
             "metric": thresholds.metric,
             "first_to_last_ratio": verdicts.first_to_last,
-            "findings": verdicts.findings + _parameter_findings(parameters),
+            "findings": verdicts.findings + parameter_findings(parameters),
         },
         "provenance": {
             "service_version": service.__version__,
             "torch_version": torch.__version__.split("+")[0],
             "python_version": platform.python_version(),
-            "device": str(device),
+            "device": str(inputs.device),
             "dtype": plan.dtype,
             "seed": request.seed,
             "mode": request.mode,
-            "init_sha256": init_sha256,
+            "init_sha256": model.init_sha256,
             "deterministic": torch.are_deterministic_algorithms_enabled(),
         },
         "timing_ms": clock.laps,

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.diagnostics.models import ModelCache
 from service.diagnostics.plan import RunPlan
 
 
@@ -34,6 +35,11 @@ class Worker(Protocol):
 
     @property
     def in_flight(self) -> int: ...
+
+    @property
+    def models(self) -> ModelCache:
+        """The initial models this worker keeps for repeated requests."""
+        ...
 
     def ready(self) -> bool:
         """Accepting work and the device answers."""

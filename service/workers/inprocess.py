@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from service.diagnostics.models import ModelCache
 from service.errors import NotReady, Overloaded, Timeout
 from service.workers.base import Task
 from service.workers.devices import DevicePolicy
@@ -32,7 +33,13 @@ class InProcessWorker:
     """
 
     def __init__(
-        self, devices: DevicePolicy, *, concurrency: int, queue_capacity: int, torch_threads: int
+        self,
+        devices: DevicePolicy,
+        *,
+        concurrency: int,
+        queue_capacity: int,
+        torch_threads: int,
+        cache_bytes: int = 0,
     ):
         self.devices = devices
         self.concurrency = concurrency
@@ -41,6 +48,7 @@ class InProcessWorker:
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight = 0
         self._durations: deque[float] = deque(maxlen=32)
+        self.models = ModelCache(cache_bytes)
 
     @property
     def capacity(self) -> int:
@@ -69,7 +77,7 @@ class InProcessWorker:
     def _timed(self, task: Task, cancel: threading.Event) -> Any:
         started = time.perf_counter()
         try:
-            return execute(task, cancel)
+            return execute(task, cancel, self.models)
         finally:
             self._durations.append(time.perf_counter() - started)
 

@@ -12,7 +12,7 @@ from service.api.problems import problem_responses
 from service.architectures.activations import ACTIVATIONS
 from service.architectures.registry import MODEL_KINDS
 from service.diagnostics.losses import LOSSES
-from service.diagnostics.run import DTYPES
+from service.diagnostics.models import DTYPES
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import NotReady
 from service.schemas.layers import LAYER_SPECS
@@ -72,11 +72,19 @@ class Health(BaseModel):
     status: str
 
 
+class CacheState(BaseModel):
+    hits: int
+    misses: int
+    idle_bytes: int
+    max_bytes: int
+
+
 class Readiness(BaseModel):
     status: str
     device: str
     in_flight: int
     capacity: int
+    model_cache: CacheState
 
 
 @router.get("/v1/capabilities", operation_id="get_capabilities", response_model=Capabilities)
@@ -123,9 +131,16 @@ async def readyz(runner: RunnerDep) -> Readiness:
         raise NotReady("the worker is not accepting work")
     if not await asyncio.to_thread(runner.devices.usable):
         raise NotReady(f"device {runner.devices.default} is not usable")
+    models = worker.models
     return Readiness(
         status="ready",
         device=runner.devices.default,
         in_flight=worker.in_flight,
         capacity=worker.capacity,
+        model_cache=CacheState(
+            hits=models.hits,
+            misses=models.misses,
+            idle_bytes=models.idle_bytes,
+            max_bytes=models.max_bytes,
+        ),
     )

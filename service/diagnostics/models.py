@@ -1,0 +1,126 @@
+"""Initial models: built once per (spec, seed, dtype, device), lent to one run at a time.
+
+A run never changes a parameter (there is no optimiser step), only `.grad` and, in training
+mode, normalisation buffers; both are restored after the run. So a repeated request reuses
+the module, its weights' hash and its value statistics instead of re-initialising. The
+cache is an LRU bounded by bytes.
+"""
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.architectures.init import build_seeded
+from service.architectures.modules import set_dropout_generator
+from service.diagnostics.plan import RunPlan
+from service.diagnostics.statistics import summarise
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def hash_parameters(module: nn.Module) -> str:
+    """sha256 over names, shapes, dtypes and raw bytes of the parameters, in order."""
+    digest = hashlib.sha256()
+    for name, param in module.named_parameters():
+        tensor = param.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{list(param.shape)}:{param.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@dataclass
+class InitialModel:
+    """A module in its initial state, with what is derived from that state."""
+
+    key: Hashable
+    module: nn.Module
+    init_sha256: str
+    value_stats: list[dict[str, Any]]  # per named parameter, in order
+    generator_state: torch.Tensor  # the seeded generator right after initialisation
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    nbytes: int = 0
+
+    def generator(self) -> torch.Generator:
+        """A generator where `torch.manual_seed(seed)` + construction would have left it."""
+        generator = torch.Generator()
+        generator.set_state(self.generator_state)
+        return generator
+
+    def reset(self) -> None:
+        """Back to the initial state: no gradients, buffers as built."""
+        with torch.no_grad():
+            for param in self.module.parameters():
+                param.grad = None
+            for live, initial in self.buffers:
+                live.copy_(initial)
+
+
+def cache_key(plan: RunPlan) -> Hashable:
+    shape = plan.input_shape[1:] if plan.kind.build_uses_input_shape else ()
+    return (plan.request.model.model_dump_json(), shape, plan.request.seed, plan.dtype, plan.device)
+
+
+def build_initial(plan: RunPlan) -> InitialModel:
+    """Seeded construction on the CPU, cast, hashed and summarised there, then moved."""
+    module, generator = build_seeded(
+        lambda: plan.kind.build(plan.request.model, plan.input_shape), plan.request.seed
+    )
+    module = module.to(dtype=DTYPES[plan.dtype])
+    init_sha256 = hash_parameters(module)
+    value_stats = summarise([p for p in module.parameters()])
+    module = module.to(plan.device)
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    nbytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    return InitialModel(
+        cache_key(plan), module, init_sha256, value_stats, generator.get_state(), buffers, nbytes
+    )
+
+
+class ModelCache:
+    """Idle initial models by key, least recently used evicted beyond `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._idle: OrderedDict[int, InitialModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def checkout(self, plan: RunPlan) -> InitialModel:
+        """An idle model for this plan if one is cached (removed from the cache while
+        lent), else a new one."""
+        key = cache_key(plan)
+        with self._lock:
+            for token, model in self._idle.items():
+                if model.key == key:
+                    del self._idle[token]
+                    self.hits += 1
+                    break
+            else:
+                model = None
+                self.misses += 1
+        if model is None:
+            model = build_initial(plan)
+        set_dropout_generator(model.module, model.generator())
+        return model
+
+    def checkin(self, model: InitialModel) -> None:
+        """Reset the model and keep it, unless it alone exceeds the budget."""
+        model.reset()
+        if model.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._idle[id(model)] = model
+            while sum(m.nbytes for m in self._idle.values()) > self.max_bytes:
+                self._idle.popitem(last=False)
+
+    @property
+    def idle_bytes(self) -> int:
+        with self._lock:
+            return sum(m.nbytes for m in self._idle.values())
