@@ -54,7 +54,5 @@ def parameter_findings(parameters: list[dict[str, Any]]) -> list[str]:
         )
     no_grad = [p["name"] for p in parameters if p["grad"] is None]
     if no_grad:
-        findings.append(
-            f"{len(no_grad)} parameters received no gradient: {', '.join(no_grad[:8])}"
-        )
+        findings.append(f"{len(no_grad)} parameters received no gradient: {', '.join(no_grad[:8])}")
     return findings

@@ -33,7 +33,6 @@ from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
 logger = logging.getLogger("gradiag")
 
 
-
 def _check(cancel: threading.Event) -> None:
     if cancel.is_set():
         raise Cancelled
