@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SOURCES := service tests
+SOURCES := service tests bench
 
 .PHONY: install serve test lint format openapi bench clean
 

@@ -15,11 +15,13 @@ class AppState(TypedDict):
     runner: Runner
 
 
-def get_settings(request: Request) -> Settings:
+# `async def` on purpose: FastAPI runs plain `def` dependencies in its threadpool, a thread
+# hop per request for what is an attribute read.
+async def get_settings(request: Request) -> Settings:
     return request.state.settings
 
 
-def get_runner(request: Request) -> Runner:
+async def get_runner(request: Request) -> Runner:
     return request.state.runner
 
 

@@ -204,10 +204,3 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.projection is None else self.projection(x)
         return self.body(x) + shortcut
-
-
-def set_dropout_generator(module: nn.Module, generator: torch.Generator) -> None:
-    """Point every SeededDropout of `module` at this run's generator."""
-    for sub in module.modules():
-        if isinstance(sub, SeededDropout):
-            sub.generator = generator

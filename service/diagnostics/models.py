@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from service.architectures.init import build_seeded
-from service.architectures.modules import set_dropout_generator
+from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.statistics import summarise
 
@@ -36,26 +36,37 @@ def hash_parameters(module: nn.Module) -> str:
 
 @dataclass
 class InitialModel:
-    """A module in its initial state, with what is derived from that state."""
+    """A module in its initial state, with what is derived from that state once: the hash,
+    value statistics, and the structure a run walks (parameters, layers, owners)."""
 
     key: Hashable
     module: nn.Module
     init_sha256: str
     value_stats: list[dict[str, Any]]  # per named parameter, in order
     generator_state: torch.Tensor  # the seeded generator right after initialisation
+    named_parameters: list[tuple[str, nn.Parameter]]
+    layers: list[tuple[str, nn.Module]]  # the reported layers
+    owners: list[str | None]  # per named parameter: the reported layer holding it
+    dropouts: list[SeededDropout]
     buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     nbytes: int = 0
+    training: bool | None = None
 
-    def generator(self) -> torch.Generator:
-        """A generator where `torch.manual_seed(seed)` + construction would have left it."""
+    def prepare(self, training: bool) -> None:
+        """Mode and dropout generator for one run (the generator where
+        `torch.manual_seed(seed)` + construction would have left it)."""
+        if self.training != training:
+            self.module.train(training)
+            self.training = training
         generator = torch.Generator()
         generator.set_state(self.generator_state)
-        return generator
+        for dropout in self.dropouts:
+            dropout.generator = generator
 
     def reset(self) -> None:
         """Back to the initial state: no gradients, buffers as built."""
         with torch.no_grad():
-            for param in self.module.parameters():
+            for _, param in self.named_parameters:
                 param.grad = None
             for live, initial in self.buffers:
                 live.copy_(initial)
@@ -73,12 +84,23 @@ def build_initial(plan: RunPlan) -> InitialModel:
     )
     module = module.to(dtype=DTYPES[plan.dtype])
     init_sha256 = hash_parameters(module)
-    value_stats = summarise([p for p in module.parameters()])
+    named = list(module.named_parameters())
+    value_stats = summarise([p for _, p in named])
     module = module.to(plan.device)
-    buffers = [(b, b.detach().clone()) for b in module.buffers()]
-    nbytes = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    layers = list(plan.kind.layers(module))
+    owner = {id(p): name for name, layer in layers for p in layer.parameters()}
     return InitialModel(
-        cache_key(plan), module, init_sha256, value_stats, generator.get_state(), buffers, nbytes
+        key=cache_key(plan),
+        module=module,
+        init_sha256=init_sha256,
+        value_stats=value_stats,
+        generator_state=generator.get_state(),
+        named_parameters=named,
+        layers=layers,
+        owners=[owner.get(id(p)) for _, p in named],
+        dropouts=[m for m in module.modules() if isinstance(m, SeededDropout)],
+        buffers=[(b, b.detach().clone()) for b in module.buffers()],
+        nbytes=sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]),
     )
 
 
@@ -107,7 +129,7 @@ class ModelCache:
                 self.misses += 1
         if model is None:
             model = build_initial(plan)
-        set_dropout_generator(model.module, model.generator())
+        model.prepare(training=plan.request.mode == "train")
         return model
 
     def checkin(self, model: InitialModel) -> None:

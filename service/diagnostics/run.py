@@ -159,8 +159,7 @@ def _diagnose(
     started: float,
 ) -> dict[str, Any]:
     request = plan.request
-    module = model.module.train(request.mode == "train")
-    layers = plan.kind.layers(module)
+    module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
     with LayerCapture(layers, cancel) as capture, _refusals_as_problems(plan.loc):
         output = module(inputs)
         loss = LOSSES[request.loss](output, target)
@@ -169,7 +168,6 @@ def _diagnose(
         _check(cancel)
         clock.lap("backward")
 
-    named = list(module.named_parameters())
     with_grad = [p.grad for _, p in named if p.grad is not None]
     outputs = [t for t in capture.outputs if t is not None]
     grads = [t for t in capture.grads if t is not None]
@@ -180,8 +178,6 @@ def _diagnose(
     output_grad_stats = [next(stats) if t is not None else None for t in capture.grads]
     clock.lap("statistics")
 
-    owner = {id(p): name for name, layer in layers for p in layer.parameters()}
-    owners = [owner.get(id(p)) for _, p in named]
     parameters = [
         parameter_report(name, list(param.shape), layer, grad, value)
         for (name, param), layer, grad, value in zip(

@@ -1,61 +1,35 @@
 """Summary statistics of many tensors in a few batched reductions and one host transfer.
 
-Small tensors are concatenated and reduced per segment (about fifteen kernels for any
-number of tensors); large ones are reduced one by one with single-pass kernels, so that no
-large copy is made. Every statistic lands in one (tensors, 8) matrix that is copied to the
-host once.
+Small tensors (the common case: biases, norms, most layers of small models) are
+concatenated on their device, copied to the host in one piece with the rows of the large
+ones, and reduced per segment there with numpy's `reduceat` (a handful of vectorised calls
+for any number of tensors). Large tensors are reduced on their device, each with five
+single-pass kernels (no copies); their NaN/Inf count is derived from the absolute sum and
+only counted when that sum is not finite.
 """
 
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-# Tensors at most this large are concatenated; larger ones are reduced on their own.
+# Tensors up to this many elements are concatenated; larger ones are reduced in place.
 SEGMENT_LIMIT = 1 << 16
 
-# Column order of the device-side matrix.
-_L1, _L2SQ, _SUM, _MIN, _MAX, _ZEROS, _NONFINITE, _NUMEL = range(8)
+# Columns of a large tensor's row.
+_L1, _L2SQ, _SUM, _MIN, _MAX, _ZEROS, _NUMEL = range(7)
+
+Stats = dict[str, float | int | None]
 
 
 def _accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _segment_rows(tensors: Sequence[torch.Tensor], acc: torch.dtype) -> torch.Tensor:
-    device = tensors[0].device
-    counts = torch.tensor([t.numel() for t in tensors], device=device)
-    flat = torch.cat([t.detach().reshape(-1).to(acc) for t in tensors])
-    segment = torch.repeat_interleave(torch.arange(len(tensors), device=device), counts)
-    n = len(tensors)
-
-    def per_segment(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n, dtype=acc, device=device).index_add_(0, segment, values)
-
-    def extreme(reduce: str, start: float) -> torch.Tensor:
-        init = torch.full((n,), start, dtype=acc, device=device)
-        return init.scatter_reduce_(0, segment, flat, reduce, include_self=True)
-
-    return torch.stack(
-        [
-            per_segment(flat.abs()),
-            per_segment(flat * flat),
-            per_segment(flat),
-            extreme("amin", math.inf),
-            extreme("amax", -math.inf),
-            per_segment((flat == 0).to(acc)),
-            per_segment((~torch.isfinite(flat)).to(acc)),
-            counts.to(acc),
-        ],
-        dim=1,
-    )
-
-
-def _tensor_row(tensor: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    t = tensor.detach()
+def _large_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     if t.dtype not in (torch.float32, torch.float64):
         t = t.float()
-    numel = t.numel()
     l2 = torch.linalg.vector_norm(t, 2)
     low, high = torch.aminmax(t)
     parts = [
@@ -64,51 +38,100 @@ def _tensor_row(tensor: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
         t.sum(),
         low,
         high,
-        numel - torch.count_nonzero(t),
-        numel - torch.isfinite(t).sum(),
-        torch.tensor(numel, device=t.device),
+        t.numel() - torch.count_nonzero(t),
+        torch.tensor(t.numel(), device=t.device),
     ]
     return torch.stack([p.to(acc) for p in parts])
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+STAT_KEYS = ("mean_abs", "l2_norm", "rms", "max_abs", "mean", "std", "min", "max")
 
 
-def _as_stats(row: list[float]) -> dict[str, float | int | None]:
-    numel = row[_NUMEL]
-    l1, l2sq, total, low, high = row[_L1], row[_L2SQ], row[_SUM], row[_MIN], row[_MAX]
-    mean = total / numel
-    variance = max(l2sq / numel - mean * mean, 0.0)
-    l2 = math.sqrt(l2sq) if l2sq >= 0 else math.nan
-    return {
-        "mean_abs": _finite_or_none(l1 / numel),
-        "l2_norm": _finite_or_none(l2),
-        "rms": _finite_or_none(l2 / math.sqrt(numel)),
-        "max_abs": _finite_or_none(max(abs(low), abs(high))),
-        "mean": _finite_or_none(mean),
-        "std": _finite_or_none(math.sqrt(variance)),
-        "min": _finite_or_none(low),
-        "max": _finite_or_none(high),
-        "zero_fraction": row[_ZEROS] / numel,
-        "nonfinite_count": int(row[_NONFINITE]),
-        "numel": int(numel),
-    }
+def _rows(columns: np.ndarray) -> list[Stats]:
+    """Stats dicts from the columns (l1, l2², sum, min, max, zeros, NaN/Inf, numel) of n
+    tensors, derived with vectorised numpy; non-finite statistics become None."""
+    l1, l2sq, total, low, high, zeros, nonfinite, numel = columns
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mean = total / numel
+        l2 = np.sqrt(l2sq)
+        derived = np.stack(
+            [
+                l1 / numel,
+                l2,
+                l2 / np.sqrt(numel),
+                np.maximum(np.abs(low), np.abs(high)),
+                mean,
+                np.sqrt(np.maximum(l2sq / numel - mean * mean, 0.0)),
+                low,
+                high,
+            ],
+            axis=1,
+        )
+    finite = np.isfinite(derived).tolist()
+    values = derived.tolist()
+    fractions = (zeros / numel).tolist()
+    counts, sizes = nonfinite.astype(np.int64).tolist(), numel.astype(np.int64).tolist()
+    return [
+        {
+            **{k: (v if ok else None) for k, v, ok in zip(STAT_KEYS, row, oks, strict=True)},
+            "zero_fraction": fraction,
+            "nonfinite_count": count,
+            "numel": size,
+        }
+        for row, oks, fraction, count, size in zip(
+            values, finite, fractions, counts, sizes, strict=True
+        )
+    ]
 
 
-def summarise(tensors: Sequence[torch.Tensor]) -> list[dict[str, float | int | None]]:
+def _segment_columns(flat: np.ndarray, counts: list[int]) -> np.ndarray:
+    starts = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.intp)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.stack(
+            [
+                np.add.reduceat(np.abs(flat), starts),
+                np.add.reduceat(flat * flat, starts),
+                np.add.reduceat(flat, starts),
+                np.minimum.reduceat(flat, starts),
+                np.maximum.reduceat(flat, starts),
+                np.add.reduceat(flat == 0, starts, dtype=np.float64),
+                np.add.reduceat(~np.isfinite(flat), starts, dtype=np.float64),
+                np.asarray(counts, dtype=np.float64),
+            ]
+        )
+
+
+def _nonfinite_counts(tensors: Sequence[torch.Tensor], l1: list[float]) -> list[int]:
+    # A finite absolute sum means every element is finite; only the rest are counted.
+    return [
+        0 if math.isfinite(s) else int((~torch.isfinite(t)).sum())
+        for t, s in zip(tensors, l1, strict=True)
+    ]
+
+
+@torch.no_grad()
+def summarise(tensors: Sequence[torch.Tensor]) -> list[Stats]:
     """Statistics of every tensor, in order. All tensors must share one device."""
     if not tensors:
         return []
     acc = _accumulation_dtype(tensors[0].device)
     small = [i for i, t in enumerate(tensors) if t.numel() <= SEGMENT_LIMIT]
     large = [i for i, t in enumerate(tensors) if t.numel() > SEGMENT_LIMIT]
-    blocks = []
+    parts = [_large_row(tensors[i], acc) for i in large]
     if small:
-        blocks.append(_segment_rows([tensors[i] for i in small], acc))
-    blocks.extend(_tensor_row(tensors[i], acc).unsqueeze(0) for i in large)
-    rows = torch.cat(blocks).cpu().tolist()  # the one device-to-host transfer
-    ordered: list[list[float]] = [[]] * len(tensors)
-    for position, row in zip(small + large, rows, strict=True):
-        ordered[position] = row
-    return [_as_stats(row) for row in ordered]
+        parts.insert(0, torch.cat([tensors[i].reshape(-1) for i in small]).to(acc))
+    host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy()  # one transfer
+    counts = [tensors[i].numel() for i in small]
+    columns = []
+    if small:
+        columns.append(_segment_columns(host[: sum(counts)], counts))
+    if large:
+        rows = host[sum(counts) :].reshape(len(large), 7)
+        nonfinite = _nonfinite_counts([tensors[i] for i in large], rows[:, _L1].tolist())
+        # (l1, l2², sum, min, max, zeros, NaN/Inf, numel), one column per large tensor
+        columns.append(np.vstack([rows[:, :_NUMEL].T, [nonfinite], rows[:, _NUMEL]]))
+    stats = _rows(np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0])
+    ordered: list[Stats] = [{}] * len(tensors)
+    for position, entry in zip(small + large, stats, strict=True):
+        ordered[position] = entry
+    return ordered

@@ -1,0 +1,1 @@
+"""`make bench`: the service against plain PyTorch, measured in the same run."""

@@ -1,0 +1,237 @@
+"""`make bench`: the service and plain PyTorch measured in the same run, as ratios.
+
+Parts (all by default; `python -m bench lesson gpt` picks some):
+  lesson      the lesson's request over HTTP (keep-alive, sequential, warm) against the
+              notebook's own code in-process; p50 and p99
+  throughput  N concurrent clients against `make serve` defaults, and with one uvicorn
+              worker per core
+  scaling     MLP depth, width and batch: service compute against plain forward+backward
+  gpt         gpt2-small, batch 1 x 128 tokens: cold and warm requests against plain
+              build+forward+backward and forward+backward; peak memory of both processes
+Every figure is a median over repetitions; the machine is noisy, so compare ratios.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from statistics import median
+
+import torch
+
+from bench import plain
+from bench.server import ROOT, Client, Server
+from service.schemas.requests import LESSON_REQUEST
+
+RESULTS = ROOT / "bench" / "results"
+Row = tuple[str, str, str, str]  # what, plain, service, ratio
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def timed(fn: Callable[[], object], repetitions: int, warmup: int = 0) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repetitions):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms" if seconds < 1 else f"{seconds:.3f} s"
+
+
+def megabytes(value: float) -> str:
+    return f"{value:.0f} MB"
+
+
+def row(what: str, plain_s: float, service_s: float, fmt: Callable[[float], str] = ms) -> Row:
+    return (what, fmt(plain_s), fmt(service_s), f"{service_s / plain_s:.2f}x")
+
+
+def lesson(n: int = 1000) -> list[Row]:
+    body = json.dumps(LESSON_REQUEST).encode()
+    notebook = timed(plain.notebook_once, n, warmup=100)
+    with Server() as server:
+        client = Client(server.port)
+        service = timed(lambda: client.post_raw("/v1/diagnostics", body), n, warmup=100)
+        status, data = client.post_raw("/v1/diagnostics", body)
+        assert status == 200, data
+    expected = dict(plain.notebook_once())
+    got = {p["name"]: p["grad"]["mean_abs"] for p in json.loads(data)["parameters"]}
+    assert all(abs(got[k] - v) <= 1e-5 * v for k, v in expected.items()), (got, expected)
+    p50 = row(
+        "lesson p50: notebook in-process vs HTTP", quantile(notebook, 0.5), quantile(service, 0.5)
+    )
+    p99 = row("lesson p99", quantile(notebook, 0.99), quantile(service, 0.99))
+    return [p50, p99]
+
+
+def _throughput(port: int, clients: int, per_client: int) -> float:
+    body = json.dumps(LESSON_REQUEST).encode()
+
+    def work() -> None:
+        client = Client(port)
+        for _ in range(per_client):
+            status, _ = client.post_raw("/v1/diagnostics", body)
+            assert status == 200
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return clients * per_client / (time.perf_counter() - started)
+
+
+def throughput(clients: int = 8, per_client: int = 150) -> list[Row]:
+    in_process = len(timed(plain.notebook_once, 1000)) / sum(timed(plain.notebook_once, 1000))
+    cores = os.cpu_count() or 1
+    rows = []
+    for label, settings in (
+        ("make serve defaults", {}),
+        (f"{cores} workers, 1 torch thread each", {"workers": cores, "torch_threads": 1}),
+    ):
+        with Server(**settings) as server:
+            _throughput(server.port, clients, 20)  # warm every worker process
+            rate = _throughput(server.port, clients, per_client)
+        rows.append(
+            (
+                f"lesson throughput, {clients} clients, {label} (req/s; ratio = service/plain)",
+                f"{in_process:.0f}/s",
+                f"{rate:.0f}/s",
+                f"{rate / in_process:.2f}x",
+            )
+        )
+    return rows
+
+
+def _mlp_request(depth: int, width: int, batch: int) -> dict:
+    return {
+        "model": {"kind": "mlp", "layer_sizes": [width] * (depth + 1), "activation": "relu",
+                  "shortcut": True},
+        "input": {"shape": [batch, width], "distribution": "normal", "seed": 1},
+        "loss": "sum",
+    }  # fmt: skip
+
+
+def scaling(reps: int = 5) -> list[Row]:
+    configs = [(d, 256, 64) for d in (8, 32, 128, 256)]
+    configs += [(8, w, 64) for w in (64, 512, 2048)]
+    configs += [(8, 256, b) for b in (1, 256)]
+    rows = []
+    with Server() as server:
+        client = Client(server.port)
+        for depth, width, batch in configs:
+            request = _mlp_request(depth, width, batch)
+            client.post("/v1/diagnostics", request)  # builds and caches the initial model
+            reports = [client.post("/v1/diagnostics", request) for _ in range(reps)]
+            compute = statistics.median(r["timing_ms"]["total"] for r in reports) / 1000
+            stats = statistics.median(
+                r["timing_ms"]["statistics"] / r["timing_ms"]["total"] for r in reports
+            )
+            torch.manual_seed(0)
+            model = plain.mlp(depth, width)
+            inputs = torch.randn(batch, width)
+            plain_s = statistics.median(
+                timed(lambda m=model, x=inputs: plain.forward_backward(m, x), reps, warmup=1)
+            )
+            params = depth * (width * width + width)
+            what = f"MLP depth {depth} width {width} batch {batch}"
+            what += f" ({params / 1e6:.2f}M params; statistics {stats:.0%} of the run)"
+            rows.append(row(what, plain_s, compute))
+    return rows
+
+
+def _gpt_request(seed: int) -> dict:
+    return {
+        "model": {"kind": "gpt", "preset": "gpt2-small"},
+        "input": {"shape": [1, 128], "distribution": "randint", "high": 50257, "seed": 1},
+        "target": {"shape": [1, 128], "distribution": "randint", "high": 50257, "seed": 2},
+        "loss": "cross_entropy",
+        "seed": seed,
+    }
+
+
+def gpt(colds: int = 3, warms: int = 5) -> list[Row]:
+    runs = []
+    for seed in range(colds):
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.plain", "gpt", str(100 + seed)],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    plain_cold = statistics.median(r["cold"][0] for r in runs)
+    plain_warm = statistics.median(t for r in runs for t in r["warm"])
+    plain_peak = statistics.median(r["peak_rss_mb"][0] for r in runs)
+    with Server() as server:
+        client = Client(server.port)
+        cold, reports = [], []
+        for seed in range(colds):
+            started = time.perf_counter()
+            reports.append(client.post("/v1/diagnostics", _gpt_request(100 + seed)))
+            cold.append(time.perf_counter() - started)
+        warm = []
+        for _ in range(warms):
+            started = time.perf_counter()
+            reports.append(client.post("/v1/diagnostics", _gpt_request(100 + colds - 1)))
+            warm.append(time.perf_counter() - started)
+        peak = server.peak_rss_mb()
+    stats_share = statistics.median(
+        r["timing_ms"]["statistics"] / r["timing_ms"]["total"] for r in reports[colds:]
+    )
+    cold_row = row("gpt2-small cold: build+fwd+bwd vs first request", plain_cold, median(cold))
+    warm_row = row("gpt2-small warm: fwd+bwd vs repeated request", plain_warm, median(warm))
+    memory = row("gpt2-small peak RSS: plain script vs server", plain_peak, peak, megabytes)
+    share = ("gpt2-small statistics share of a warm run", "", f"{stats_share:.1%}", "")
+    return [cold_row, warm_row, memory, share]
+
+
+PARTS = {"lesson": lesson, "throughput": throughput, "scaling": scaling, "gpt": gpt}
+
+
+def machine() -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def main(argv: list[str]) -> None:
+    chosen = argv or list(PARTS)
+    rows: list[Row] = []
+    for name in chosen:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows.extend(PARTS[name]())
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        "| measurement | plain PyTorch | gradiag | ratio |",
+        "| --- | ---: | ---: | ---: |",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,80 @@
+"""Batched statistics equal per-tensor torch reductions, on both paths, NaN/Inf included."""
+
+import math
+
+import pytest
+import torch
+
+from service.diagnostics import statistics
+from service.diagnostics.statistics import summarise
+
+
+def expected(t: torch.Tensor) -> dict:
+    d = t.double()
+    finite = torch.isfinite(d).all().item()
+    values = {
+        "mean_abs": d.abs().mean().item(),
+        "l2_norm": d.norm().item(),
+        "rms": d.pow(2).mean().sqrt().item(),
+        "max_abs": d.abs().max().item(),
+        "mean": d.mean().item(),
+        "std": d.std(correction=0).item(),
+        "min": d.min().item(),
+        "max": d.max().item(),
+    }
+    if not finite:
+        values = {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+    values["zero_fraction"] = (d == 0).double().mean().item()
+    values["nonfinite_count"] = int((~torch.isfinite(d)).sum())
+    values["numel"] = d.numel()
+    return values
+
+
+def tensors() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    relu = torch.relu(torch.randn(300, 300, generator=g))  # 90k elements: the large path
+    with_nan = torch.randn(200_000, generator=g)
+    with_nan[17] = float("nan")
+    with_inf = torch.randn(5, generator=g)
+    with_inf[2] = float("inf")
+    return [
+        torch.randn(3, 3, generator=g),
+        torch.zeros(4),
+        relu,
+        with_nan,
+        with_inf,
+        torch.full((70_000,), 3.0e38) * 10,  # overflows to inf: the sum is not finite
+        torch.tensor([2.5]),
+    ]
+
+
+@pytest.mark.parametrize("limit", [1 << 16, 0, 1 << 30])  # mixed, all large, all small
+def test_summarise_equals_plain_reductions(monkeypatch, limit):
+    monkeypatch.setattr(statistics, "SEGMENT_LIMIT", limit)
+    inputs = tensors()
+    for got, t in zip(summarise(inputs), inputs, strict=True):
+        want = expected(t)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            if value is None or got[key] is None:
+                assert got[key] == value, (key, got[key], value)
+            else:
+                assert math.isclose(got[key], value, rel_tol=1e-5, abs_tol=1e-9), (
+                    key,
+                    got[key],
+                    value,
+                )
+
+
+def test_bfloat16_and_float64_tensors():
+    g = torch.Generator().manual_seed(1)
+    values = torch.randn(1000, generator=g)
+    for dtype in (torch.bfloat16, torch.float64):
+        (got,) = summarise([values.to(dtype)])
+        assert math.isclose(
+            got["mean_abs"], values.to(dtype).double().abs().mean().item(), rel_tol=1e-6
+        )
+
+
+def test_empty_list():
+    assert summarise([]) == []
