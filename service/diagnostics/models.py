@@ -9,7 +9,7 @@ cache is an LRU bounded by bytes.
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from service.architectures.init import build_seeded
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.statistics import summarise
+from service.errors import Cancelled
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -32,6 +33,40 @@ def hash_parameters(module: nn.Module) -> str:
         digest.update(f"{name}:{list(param.shape)}:{param.dtype};".encode())
         digest.update(tensor.view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+class Capture:
+    """What the permanent forward hooks of a model record during one run: each reported
+    layer's output, still in the graph (so that the gradient reaching it can be asked of
+    autograd). Each hook checks for cancellation; with `cancel_points` the backward pass
+    checks again as it reaches each output."""
+
+    def __init__(self, layers: int):
+        self.outputs: list[torch.Tensor | None] = [None] * layers
+        self.cancel: threading.Event | None = None
+        self.cancel_points = False
+
+    def start(self, cancel: threading.Event, cancel_points: bool) -> None:
+        self.outputs = [None] * len(self.outputs)
+        self.cancel, self.cancel_points = cancel, cancel_points
+
+    def clear(self) -> None:
+        self.outputs = [None] * len(self.outputs)  # activations are freed with the graph
+        self.cancel = None
+
+    def check(self, *_: object) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled
+
+    def hook(self, index: int) -> Callable[[nn.Module, Any, Any], None]:
+        def keep_output(module: nn.Module, args: Any, output: Any) -> None:
+            self.check()
+            tensor = output if isinstance(output, torch.Tensor) else output[0]
+            self.outputs[index] = tensor
+            if self.cancel_points and tensor.requires_grad:
+                tensor.register_hook(self.check)
+
+        return keep_output
 
 
 @dataclass
@@ -48,6 +83,7 @@ class InitialModel:
     layers: list[tuple[str, nn.Module]]  # the reported layers
     owners: list[str | None]  # per named parameter: the reported layer holding it
     dropouts: list[SeededDropout]
+    capture: Capture
     buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     nbytes: int = 0
     training: bool | None = None
@@ -64,7 +100,8 @@ class InitialModel:
             dropout.generator = generator
 
     def reset(self) -> None:
-        """Back to the initial state: no gradients, buffers as built."""
+        """Back to the initial state: no gradients, no activations, buffers as built."""
+        self.capture.clear()
         with torch.no_grad():
             for _, param in self.named_parameters:
                 param.grad = None
@@ -89,6 +126,9 @@ def build_initial(plan: RunPlan) -> InitialModel:
     module = module.to(plan.device)
     layers = list(plan.kind.layers(module))
     owner = {id(p): name for name, layer in layers for p in layer.parameters()}
+    capture = Capture(len(layers))
+    for index, (_, layer) in enumerate(layers):
+        layer.register_forward_hook(capture.hook(index))
     return InitialModel(
         key=cache_key(plan),
         module=module,
@@ -99,6 +139,7 @@ def build_initial(plan: RunPlan) -> InitialModel:
         layers=layers,
         owners=[owner.get(id(p)) for _, p in named],
         dropouts=[m for m in module.modules() if isinstance(m, SeededDropout)],
+        capture=capture,
         buffers=[(b, b.detach().clone()) for b in module.buffers()],
         nbytes=sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]),
     )

@@ -10,10 +10,14 @@ Stats = dict[str, Any]
 
 def weighted_mean(stats: Sequence[Stats], key: str) -> float | None:
     """The mean of `key` over several tensors, weighted by their sizes."""
-    values = [(s[key], s["numel"]) for s in stats]
-    if not values or any(v is None for v, _ in values):
-        return None
-    return sum(v * n for v, n in values) / sum(n for _, n in values)
+    total = count = 0.0
+    for entry in stats:
+        value = entry[key]
+        if value is None:
+            return None
+        total += value * entry["numel"]
+        count += entry["numel"]
+    return total / count if count else None
 
 
 def parameter_report(
@@ -33,15 +37,25 @@ def parameter_report(
 
 
 def layer_signal(
-    name: str, own: list[Stats], output: Stats | None, output_grad: Stats | None, metric: str
+    name: str,
+    own: list[Stats],
+    own_mean_abs: float | None,
+    output: Stats | None,
+    output_grad: Stats | None,
+    metric: str,
 ) -> LayerSignal:
-    flowing = [output_grad] if output_grad is not None else []
+    """`own`: the statistics of the layer's parameter gradients (mean |grad| given)."""
+    if own:
+        # Dead: the layer's parameters learn nothing.
+        zero_fraction = weighted_mean(own, "zero_fraction")
+    else:  # without parameters: no gradient flows through it
+        zero_fraction = output_grad["zero_fraction"] if output_grad is not None else None
+    flowing = output_grad["mean_abs"] if output_grad is not None else None
     return LayerSignal(
         name=name,
-        metric=weighted_mean(own if metric == "param_grad" else flowing, "mean_abs"),
-        # Dead: the layer's parameters learn nothing (or, without parameters, no gradient).
-        zero_fraction=weighted_mean(own or flowing, "zero_fraction"),
-        nonfinite=any(s["nonfinite_count"] for s in [*own, *flowing, *filter(None, [output])]),
+        metric=own_mean_abs if metric == "param_grad" else flowing,
+        zero_fraction=zero_fraction,
+        nonfinite=any(s["nonfinite_count"] for s in (*own, output, output_grad) if s is not None),
     )
 
 

@@ -9,11 +9,10 @@ import logging
 import platform
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 import service
 from service.diagnostics.losses import LOSSES
@@ -38,39 +37,9 @@ def _check(cancel: threading.Event) -> None:
         raise Cancelled
 
 
-class LayerCapture:
-    """Forward hooks that keep each layer's output and the gradient that reaches it."""
-
-    def __init__(self, layers: Sequence[tuple[str, nn.Module]], cancel: threading.Event):
-        self.layers = layers
-        self.cancel = cancel
-        self.outputs: list[torch.Tensor | None] = [None] * len(layers)
-        self.grads: list[torch.Tensor | None] = [None] * len(layers)
-        self._handles: list[Any] = []
-
-    def _hook(self, index: int) -> Any:
-        def keep_output(module: nn.Module, args: Any, output: Any) -> None:
-            _check(self.cancel)
-            tensor = output if isinstance(output, torch.Tensor) else output[0]
-            self.outputs[index] = tensor.detach()
-            if tensor.requires_grad:
-                tensor.register_hook(lambda grad: self._keep_grad(index, grad))
-
-        return keep_output
-
-    def _keep_grad(self, index: int, grad: torch.Tensor) -> None:
-        _check(self.cancel)
-        self.grads[index] = grad.detach()
-
-    def __enter__(self) -> "LayerCapture":
-        self._handles = [
-            m.register_forward_hook(self._hook(i)) for i, (_, m) in enumerate(self.layers)
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self._handles:
-            handle.remove()
+# Below this many estimated FLOPs a backward pass takes milliseconds: no need to make it
+# interruptible, and per-layer hooks in it would cost more than the pass itself.
+CANCEL_POINTS_MIN_FLOPS = 10**8
 
 
 def _check_ids(ids: torch.Tensor, classes: int, loc: Loc, what: str) -> None:
@@ -160,22 +129,31 @@ def _diagnose(
 ) -> dict[str, Any]:
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
-    with LayerCapture(layers, cancel) as capture, _refusals_as_problems(plan.loc):
+    model.capture.start(cancel, plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS)
+    with _refusals_as_problems(plan.loc):
         output = module(inputs)
         loss = LOSSES[request.loss](output, target)
         clock.lap("forward")
-        loss.backward()
+        # One backward pass for the parameters and the layer outputs alike; the gradients
+        # are those `loss.backward()` would leave in `.grad` (and hooks would see).
+        outputs = model.capture.outputs
+        asked = [i for i, t in enumerate(outputs) if t is not None and t.requires_grad]
+        grads = torch.autograd.grad(
+            loss, [p for _, p in named] + [outputs[i] for i in asked], allow_unused=True
+        )
         _check(cancel)
         clock.lap("backward")
 
-    with_grad = [p.grad for _, p in named if p.grad is not None]
-    outputs = [t for t in capture.outputs if t is not None]
-    grads = [t for t in capture.grads if t is not None]
-    stats = iter(summarise([loss.detach().reshape(1), *with_grad, *outputs, *grads]))
+    param_grads = grads[: len(named)]
+    output_grads: list[torch.Tensor | None] = [None] * len(layers)
+    for i, grad in zip(asked, grads[len(named) :], strict=True):
+        output_grads[i] = grad
+    present = [t for t in (*param_grads, *outputs, *output_grads) if t is not None]
+    stats = iter(summarise([loss.detach().reshape(1), *present]))
     loss_value = next(stats)["mean"]
-    grad_stats = [next(stats) if p.grad is not None else None for _, p in named]
-    output_stats = [next(stats) if t is not None else None for t in capture.outputs]
-    output_grad_stats = [next(stats) if t is not None else None for t in capture.grads]
+    grad_stats = [next(stats) if g is not None else None for g in param_grads]
+    output_stats = [next(stats) if t is not None else None for t in outputs]
+    output_grad_stats = [next(stats) if g is not None else None for g in output_grads]
     clock.lap("statistics")
 
     parameters = [
@@ -189,8 +167,11 @@ def _diagnose(
         [g for g, layer in zip(grad_stats, owners, strict=True) if layer == name and g is not None]
         for name, _ in layers
     ]
+    own_mean_abs = [weighted_mean(own, "mean_abs") for own in own_grads]
     signals = [
-        layer_signal(name, own, output_stats[i], output_grad_stats[i], thresholds.metric)
+        layer_signal(
+            name, own, own_mean_abs[i], output_stats[i], output_grad_stats[i], thresholds.metric
+        )
         for i, ((name, _), own) in enumerate(zip(layers, own_grads, strict=True))
     ]
     verdicts = judge(signals, loss_value is not None, thresholds)
@@ -201,11 +182,11 @@ def _diagnose(
             "output_shape": list(out.shape) if out is not None else [],
             "output": output_stats[i],
             "output_grad": output_grad_stats[i],
-            "param_grad_mean_abs": weighted_mean(own_grads[i], "mean_abs"),
+            "param_grad_mean_abs": own_mean_abs[i],
             "relative_to_last": verdicts.relative[i],
             "verdict": verdicts.per_layer[i],
         }
-        for i, ((name, _), out) in enumerate(zip(layers, capture.outputs, strict=True))
+        for i, ((name, _), out) in enumerate(zip(layers, outputs, strict=True))
     ]
     clock.laps["total"] = round((time.perf_counter() - started) * 1000, 4)
     return {

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch._utils import _flatten_dense_tensors
 
 # Tensors up to this many elements are concatenated; larger ones are reduced in place.
 SEGMENT_LIMIT = 1 << 16
@@ -119,7 +120,9 @@ def summarise(tensors: Sequence[torch.Tensor]) -> list[Stats]:
     large = [i for i, t in enumerate(tensors) if t.numel() > SEGMENT_LIMIT]
     parts = [_large_row(tensors[i], acc) for i in large]
     if small:
-        parts.insert(0, torch.cat([tensors[i].reshape(-1) for i in small]).to(acc))
+        # One C++ call flattens and concatenates them all (what DDP uses for its buckets).
+        flat = _flatten_dense_tensors([tensors[i] for i in small])
+        parts.insert(0, flat.to(acc))
     host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy()  # one transfer
     counts = [tensors[i].numel() for i in small]
     columns = []

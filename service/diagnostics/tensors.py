@@ -41,10 +41,14 @@ def _first_bad(row: list[Any], integers: bool) -> int:
     return -1
 
 
-def check_values(data: list[Any], shape: Shape, integers: bool, loc: Loc) -> None:
-    """Rectangular, numbers only (integers where `integers`), finite; errors name the element."""
+def check_values(data: list[Any], shape: Shape, integers: bool, loc: Loc) -> float:
+    """Rectangular, numbers only (integers where `integers`), finite; errors name the element.
+
+    Returns the largest magnitude, so that a cast that would overflow can be refused.
+    """
     kind = "an integer" if integers else "a finite number"
     last = len(shape) - 1
+    peak = 0.0
     stack: list[tuple[Any, Loc, int]] = [(data, loc, 0)]
     while stack:
         node, where, depth = stack.pop()
@@ -63,6 +67,8 @@ def check_values(data: list[Any], shape: Shape, integers: bool, loc: Loc) -> Non
         if not integers and not all(math.isfinite(v) for v in node):
             bad = next(i for i, v in enumerate(node) if not math.isfinite(v))
             raise InvalidTensor.at((*where, bad), f"expected {kind}, got {node[bad]!r}")
+        peak = max(peak, max(map(abs, node)))
+    return peak
 
 
 def _generate(payload: Any) -> torch.Tensor:
@@ -87,18 +93,23 @@ def materialise(
     Generated floats are drawn in float32 (as `torch.randn` does by default), then cast.
     """
     if isinstance(payload, list):
-        check_values(payload, shape, integers, loc)
+        peak = check_values(payload, shape, integers, loc)
+        if not integers and peak > torch.finfo(dtype).max:
+            raise _overflow(dtype, loc)
         try:
-            tensor = torch.tensor(payload, dtype=torch.int64 if integers else dtype)
+            return torch.tensor(payload, dtype=torch.int64 if integers else dtype)
         except (OverflowError, RuntimeError) as exc:
             raise InvalidTensor.at(loc, f"a value is out of range: {exc}") from None
-    else:
-        tensor = _generate(payload)
-        if integers and tensor.is_floating_point():
-            raise InvalidTensor.at(loc, "integer ids expected: use distribution 'randint'")
+    tensor = _generate(payload)
     if integers:
-        return tensor.to(torch.int64)
+        if tensor.is_floating_point():
+            raise InvalidTensor.at(loc, "integer ids expected: use distribution 'randint'")
+        return tensor
     tensor = tensor.to(dtype)
-    if not torch.isfinite(tensor).all():
-        raise InvalidTensor.at(loc, f"values overflow {str(dtype).removeprefix('torch.')}")
+    if not torch.isfinite(tensor).all():  # a huge std or mean can overflow
+        raise _overflow(dtype, loc)
     return tensor
+
+
+def _overflow(dtype: torch.dtype, loc: Loc) -> InvalidTensor:
+    return InvalidTensor.at(loc, f"values overflow {str(dtype).removeprefix('torch.')}")
