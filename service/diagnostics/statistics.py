@@ -46,6 +46,7 @@ def _large_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
 
 
 STAT_KEYS = ("mean_abs", "l2_norm", "rms", "max_abs", "mean", "std", "min", "max")
+_KEYS = (*STAT_KEYS, "zero_fraction")
 
 
 def _rows(columns: np.ndarray) -> list[Stats]:
@@ -65,38 +66,40 @@ def _rows(columns: np.ndarray) -> list[Stats]:
                 np.sqrt(np.maximum(l2sq / numel - mean * mean, 0.0)),
                 low,
                 high,
+                zeros / numel,
             ],
             axis=1,
         )
-    finite = np.isfinite(derived).tolist()
-    values = derived.tolist()
-    fractions = (zeros / numel).tolist()
+    # NaN marks what is not finite (NaN/Inf elements, or sums that overflowed); None is
+    # what JSON and the verdicts understand.
+    bad = ~np.isfinite(derived)
+    derived[bad] = np.nan
+    any_bad = bad.any(axis=1).tolist()
     counts, sizes = nonfinite.astype(np.int64).tolist(), numel.astype(np.int64).tolist()
-    return [
-        {
-            **{k: (v if ok else None) for k, v, ok in zip(STAT_KEYS, row, oks, strict=True)},
-            "zero_fraction": fraction,
-            "nonfinite_count": count,
-            "numel": size,
-        }
-        for row, oks, fraction, count, size in zip(
-            values, finite, fractions, counts, sizes, strict=True
-        )
-    ]
+    stats = []
+    for row, flagged, count, size in zip(derived.tolist(), any_bad, counts, sizes, strict=True):
+        entry = dict(zip(_KEYS, row, strict=True))
+        if flagged:
+            entry.update((k, None) for k in _KEYS if entry[k] != entry[k])  # NaN
+        entry["nonfinite_count"], entry["numel"] = count, size
+        stats.append(entry)
+    return stats
 
 
 def _segment_columns(flat: np.ndarray, counts: list[int]) -> np.ndarray:
     starts = np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.intp)
     with np.errstate(invalid="ignore", over="ignore"):
+        sums = np.add.reduceat(
+            np.stack([np.abs(flat), flat * flat, flat, flat == 0, ~np.isfinite(flat)]),
+            starts,
+            axis=1,
+        )
         return np.stack(
             [
-                np.add.reduceat(np.abs(flat), starts),
-                np.add.reduceat(flat * flat, starts),
-                np.add.reduceat(flat, starts),
+                *sums[:3],
                 np.minimum.reduceat(flat, starts),
                 np.maximum.reduceat(flat, starts),
-                np.add.reduceat(flat == 0, starts, dtype=np.float64),
-                np.add.reduceat(~np.isfinite(flat), starts, dtype=np.float64),
+                *sums[3:],
                 np.asarray(counts, dtype=np.float64),
             ]
         )
