@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
+    fused_statistics: bool = Field(
+        True, description="compile a one-pass statistics kernel (needs a C++ compiler)"
+    )
     model_cache_bytes: int = Field(
         1 << 30, ge=0, description="initial models kept for repeated requests (LRU); 0: none"
     )

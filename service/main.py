@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             queue_capacity=settings.queue_capacity,
             torch_threads=settings.torch_threads,
             cache_bytes=settings.model_cache_bytes,
+            fused_statistics=settings.fused_statistics,
         )
         await worker.start()
         try:

@@ -10,7 +10,10 @@ from service.main import create_app
 
 
 def make_settings(**overrides: Any) -> Settings:
+    """Test settings: the CPU, and the eager statistics kernels unless a test asks for the
+    fused one (compiling it takes seconds per process; tests/test_reductions.py covers it)."""
     limits = overrides.pop("limits", {})
+    overrides.setdefault("fused_statistics", False)
     return Settings(device="cpu", limits=Limits(**limits), **overrides)
 
 

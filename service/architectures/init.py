@@ -61,8 +61,13 @@ def _owns_state(module: nn.Module) -> bool:
     )
 
 
-def initialise(module: nn.Module, generator: torch.Generator) -> None:
-    """Initialise every submodule in construction (registration) order."""
+def initialise(
+    module: nn.Module,
+    generator: torch.Generator,
+    on_initialised: Callable[[nn.Module], None] | None = None,
+) -> None:
+    """Initialise every submodule in construction (registration) order; `on_initialised`
+    sees each submodule once its own parameters hold their final values."""
     for sub in module.modules():
         if isinstance(sub, SeededInit):
             sub.reset_seeded(generator)
@@ -70,17 +75,29 @@ def initialise(module: nn.Module, generator: torch.Generator) -> None:
             _INITIALISERS[type(sub)](sub, generator)
         elif _owns_state(sub):
             raise TypeError(f"no seeded initialiser for {type(sub).__name__}")
+        if on_initialised is not None:
+            on_initialised(sub)
 
 
-def build_seeded(factory: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, torch.Generator]:
+def materialise(factory: Callable[[], nn.Module]) -> nn.Module:
+    """`factory()` built on the meta device (no memory, no random draws), then given
+    uninitialised CPU storage."""
+    with torch.device("meta"):
+        module = factory()
+    return module.to_empty(device="cpu")
+
+
+def build_seeded(
+    factory: Callable[[], nn.Module],
+    seed: int,
+    on_initialised: Callable[[nn.Module], None] | None = None,
+) -> tuple[nn.Module, torch.Generator]:
     """Build `factory()` on the CPU with weights drawn as after `torch.manual_seed(seed)`.
 
     Returns the module and the generator, positioned where the global generator would be
     after construction (dropout masks drawn later continue the same stream).
     """
-    with torch.device("meta"):
-        module = factory()
-    module = module.to_empty(device="cpu")
+    module = materialise(factory)
     generator = torch.Generator().manual_seed(seed)
-    initialise(module, generator)
+    initialise(module, generator, on_initialised)
     return module, generator

@@ -10,28 +10,43 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from service.architectures.init import build_seeded
+from service.architectures.init import build_seeded, initialise, materialise
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
+from service.diagnostics.reductions import Reductions
 from service.diagnostics.statistics import summarise
 from service.errors import Cancelled
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-def hash_parameters(module: nn.Module) -> str:
-    """sha256 over names, shapes, dtypes and raw bytes of the parameters, in order."""
-    digest = hashlib.sha256()
-    for name, param in module.named_parameters():
+class ParameterDigest:
+    """sha256 over names, shapes, dtypes and raw bytes of parameters, fed in order."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, name: str, param: torch.Tensor) -> None:
         tensor = param.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{list(param.shape)}:{param.dtype};".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
+        self._digest.update(f"{name}:{list(param.shape)}:{param.dtype};".encode())
+        self._digest.update(tensor.view(torch.uint8).numpy())  # releases the GIL
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def hash_parameters(module: nn.Module) -> str:
+    """The digest of a module's parameters, in `named_parameters()` order."""
+    digest = ParameterDigest()
+    for name, param in module.named_parameters():
+        digest.update(name, param)
     return digest.hexdigest()
 
 
@@ -114,15 +129,41 @@ def cache_key(plan: RunPlan) -> Hashable:
     return (plan.request.model.model_dump_json(), shape, plan.request.seed, plan.dtype, plan.device)
 
 
-def build_initial(plan: RunPlan) -> InitialModel:
-    """Seeded construction on the CPU, cast, hashed and summarised there, then moved."""
-    module, generator = build_seeded(
-        lambda: plan.kind.build(plan.request.model, plan.input_shape), plan.request.seed
-    )
-    module = module.to(dtype=DTYPES[plan.dtype])
-    init_sha256 = hash_parameters(module)
+def _seeded_and_hashed(plan: RunPlan, side: Executor) -> tuple[nn.Module, torch.Generator, str]:
+    """Draw the weights, hashing each parameter on `side` as soon as its module is drawn.
+
+    Drawing is sequential (one generator) and leaves a core idle; hashing a parameter
+    releases the GIL, so the digest is ready about when the last weight is. A dtype cast
+    changes the bytes afterwards: then the cast module is hashed after construction.
+    """
+    factory = lambda: plan.kind.build(plan.request.model, plan.input_shape)  # noqa: E731
+    dtype = DTYPES[plan.dtype]
+    if dtype != torch.float32:
+        module, generator = build_seeded(factory, plan.request.seed)
+        module = module.to(dtype=dtype)
+        return module, generator, hash_parameters(module)
+    module = materialise(factory)
+    names = {id(p): name for name, p in module.named_parameters()}
+    digest, hashed = ParameterDigest(), []
+
+    def hash_own_parameters(sub: nn.Module) -> None:
+        for param in sub.parameters(recurse=False):
+            hashed.append(id(param))
+            side.submit(digest.update, names[id(param)], param)
+
+    generator = torch.Generator().manual_seed(plan.request.seed)
+    initialise(module, generator, hash_own_parameters)
+    side.submit(lambda: None).result()  # the side thread is FIFO: every update is done
+    if hashed != list(names):  # shared parameters would be fed twice: hash in order instead
+        return module, generator, hash_parameters(module)
+    return module, generator, digest.hexdigest()
+
+
+def build_initial(plan: RunPlan, reductions: Reductions, side: Executor) -> InitialModel:
+    """Seeded construction on the CPU, hashed and summarised there, then moved."""
+    module, generator, init_sha256 = _seeded_and_hashed(plan, side)
     named = list(module.named_parameters())
-    value_stats = summarise([p for _, p in named])
+    value_stats = summarise([p for _, p in named], reductions.row)
     module = module.to(plan.device)
     layers = list(plan.kind.layers(module))
     owner = {id(p): name for name, layer in layers for p in layer.parameters()}
@@ -148,8 +189,10 @@ def build_initial(plan: RunPlan) -> InitialModel:
 class ModelCache:
     """Idle initial models by key, least recently used evicted beyond `max_bytes`."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, reductions: Reductions, side: Executor):
         self.max_bytes = max_bytes
+        self.reductions = reductions
+        self._side = side
         self._idle: OrderedDict[int, InitialModel] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -169,7 +212,7 @@ class ModelCache:
                 model = None
                 self.misses += 1
         if model is None:
-            model = build_initial(plan)
+            model = build_initial(plan, self.reductions, self._side)
         model.prepare(training=plan.request.mode == "train")
         return model
 

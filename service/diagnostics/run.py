@@ -18,6 +18,7 @@ import service
 from service.diagnostics.losses import LOSSES
 from service.diagnostics.models import DTYPES, InitialModel, ModelCache
 from service.diagnostics.plan import RunPlan
+from service.diagnostics.reductions import Reductions
 from service.diagnostics.report import (
     layer_signal,
     parameter_findings,
@@ -113,7 +114,7 @@ def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> dict[str,
     try:
         _check(cancel)
         clock.lap("build")
-        return _diagnose(plan, model, inputs, target, cancel, clock, started)
+        return _diagnose(plan, model, inputs, target, cancel, clock, started, models.reductions)
     finally:
         models.checkin(model)
 
@@ -126,6 +127,7 @@ def _diagnose(
     cancel: threading.Event,
     clock: _Clock,
     started: float,
+    reductions: Reductions,
 ) -> dict[str, Any]:
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
@@ -149,7 +151,7 @@ def _diagnose(
     for i, grad in zip(asked, grads[len(named) :], strict=True):
         output_grads[i] = grad
     present = [t for t in (*param_grads, *outputs, *output_grads) if t is not None]
-    stats = iter(summarise([loss.detach().reshape(1), *present]))
+    stats = iter(summarise([loss.detach().reshape(1), *present], reductions.row))
     loss_value = next(stats)["mean"]
     grad_stats = [next(stats) if g is not None else None for g in param_grads]
     output_stats = [next(stats) if t is not None else None for t in outputs]

@@ -9,7 +9,7 @@ only counted when that sum is not finite.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +18,9 @@ from torch._utils import _flatten_dense_tensors
 # Tensors up to this many elements are concatenated; larger ones are reduced in place.
 SEGMENT_LIMIT = 1 << 16
 
-# Columns of a large tensor's row.
-_L1, _L2SQ, _SUM, _MIN, _MAX, _ZEROS, _NUMEL = range(7)
+# Columns of a large tensor's row; NaN/Inf = -1 means "derive it from l1".
+_L1, _L2SQ, _SUM, _MIN, _MAX, _ZEROS, _NONFINITE, _NUMEL = range(8)
+LargeRow = Callable[[torch.Tensor, torch.dtype], torch.Tensor]
 
 Stats = dict[str, float | int | None]
 
@@ -28,21 +29,33 @@ def _accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _large_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    if t.dtype not in (torch.float32, torch.float64):
-        t = t.float()
-    l2 = torch.linalg.vector_norm(t, 2)
-    low, high = torch.aminmax(t)
-    parts = [
-        torch.linalg.vector_norm(t, 1),
-        l2 * l2,
-        t.sum(),
-        low,
-        high,
-        t.numel() - torch.count_nonzero(t),
-        torch.tensor(t.numel(), device=t.device),
-    ]
-    return torch.stack([p.to(acc) for p in parts])
+CHUNK = 1 << 20
+
+
+def eager_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Single-pass kernels over 1M-element chunks, combined in `acc`: chunks bound the
+    temporaries of |x| and x², and keep float32 sums accurate (float32 `vector_norm` over
+    millions of elements is off by 1e-4). The NaN/Inf count is left to be derived (-1)."""
+    flat = t.reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    partials = []
+    for chunk in flat.split(CHUNK):
+        low, high = torch.aminmax(chunk)
+        parts = (chunk.abs().sum(), chunk.square().sum(), chunk.sum(), low, high)
+        partials.append(torch.stack([*parts, chunk.numel() - torch.count_nonzero(chunk)]))
+    rows = torch.stack(partials).to(acc)  # (chunks, 6)
+    sums = rows[:, [0, 1, 2, 5]].sum(0)
+    extra = torch.tensor([-1.0, flat.numel()], dtype=acc, device=flat.device)
+    return torch.cat(
+        [
+            sums[:3],
+            rows[:, 3].min(0, keepdim=True)[0],
+            rows[:, 4].max(0, keepdim=True)[0],
+            sums[3:],
+            extra,
+        ]
+    )
 
 
 STAT_KEYS = ("mean_abs", "l2_norm", "rms", "max_abs", "mean", "std", "min", "max")
@@ -105,23 +118,28 @@ def _segment_columns(flat: np.ndarray, counts: list[int]) -> np.ndarray:
         )
 
 
-def _nonfinite_counts(tensors: Sequence[torch.Tensor], l1: list[float]) -> list[int]:
+def _nonfinite_counts(tensors: Sequence[torch.Tensor], rows: np.ndarray) -> list[float]:
     # A finite absolute sum means every element is finite; only the rest are counted.
     return [
-        0 if math.isfinite(s) else int((~torch.isfinite(t)).sum())
-        for t, s in zip(tensors, l1, strict=True)
+        count if count >= 0 else 0 if math.isfinite(l1) else int((~torch.isfinite(t)).sum())
+        for t, l1, count in zip(
+            tensors, rows[:, _L1].tolist(), rows[:, _NONFINITE].tolist(), strict=True
+        )
     ]
 
 
 @torch.no_grad()
-def summarise(tensors: Sequence[torch.Tensor]) -> list[Stats]:
-    """Statistics of every tensor, in order. All tensors must share one device."""
+def summarise(tensors: Sequence[torch.Tensor], large_row: LargeRow = eager_row) -> list[Stats]:
+    """Statistics of every tensor, in order. All tensors must share one device.
+
+    `large_row` reduces one large tensor to its row (see `Reductions` for a fused kernel).
+    """
     if not tensors:
         return []
     acc = _accumulation_dtype(tensors[0].device)
     small = [i for i, t in enumerate(tensors) if t.numel() <= SEGMENT_LIMIT]
     large = [i for i, t in enumerate(tensors) if t.numel() > SEGMENT_LIMIT]
-    parts = [_large_row(tensors[i], acc) for i in large]
+    parts = [large_row(tensors[i], acc) for i in large]
     if small:
         # One C++ call flattens and concatenates them all (what DDP uses for its buckets).
         flat = _flatten_dense_tensors([tensors[i] for i in small])
@@ -132,10 +150,9 @@ def summarise(tensors: Sequence[torch.Tensor]) -> list[Stats]:
     if small:
         columns.append(_segment_columns(host[: sum(counts)], counts))
     if large:
-        rows = host[sum(counts) :].reshape(len(large), 7)
-        nonfinite = _nonfinite_counts([tensors[i] for i in large], rows[:, _L1].tolist())
-        # (l1, l2², sum, min, max, zeros, NaN/Inf, numel), one column per large tensor
-        columns.append(np.vstack([rows[:, :_NUMEL].T, [nonfinite], rows[:, _NUMEL]]))
+        rows = host[sum(counts) :].reshape(len(large), 8)
+        rows[:, _NONFINITE] = _nonfinite_counts([tensors[i] for i in large], rows)
+        columns.append(rows.T)  # (l1, l2², sum, min, max, zeros, NaN/Inf, numel) as columns
     stats = _rows(np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0])
     ordered: list[Stats] = [{}] * len(tensors)
     for position, entry in zip(small + large, stats, strict=True):

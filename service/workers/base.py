@@ -36,10 +36,7 @@ class Worker(Protocol):
     @property
     def in_flight(self) -> int: ...
 
-    @property
-    def models(self) -> ModelCache:
-        """The initial models this worker keeps for repeated requests."""
-        ...
+    models: ModelCache | None  # the initial models kept for repeated requests, once started
 
     def ready(self) -> bool:
         """Accepting work and the device answers."""

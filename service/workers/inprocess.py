@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from service.diagnostics.models import ModelCache
+from service.diagnostics.reductions import Reductions
 from service.errors import NotReady, Overloaded, Timeout
 from service.workers.base import Task
 from service.workers.devices import DevicePolicy
@@ -40,15 +41,19 @@ class InProcessWorker:
         queue_capacity: int,
         torch_threads: int,
         cache_bytes: int = 0,
+        fused_statistics: bool = False,
     ):
         self.devices = devices
         self.concurrency = concurrency
         self._limit = concurrency + queue_capacity
+        self._cache_bytes = cache_bytes
         self._torch_threads = torch_threads or max(1, len(os.sched_getaffinity(0)) // concurrency)
         self._executor: ThreadPoolExecutor | None = None
         self._in_flight = 0
         self._durations: deque[float] = deque(maxlen=32)
-        self.models = ModelCache(cache_bytes)
+        self._fused_statistics = fused_statistics
+        self._side: ThreadPoolExecutor | None = None
+        self.models: ModelCache | None = None
 
     @property
     def capacity(self) -> int:
@@ -60,12 +65,21 @@ class InProcessWorker:
 
     async def start(self) -> None:
         torch.set_num_threads(self._torch_threads)
+        reductions = Reductions(fused=self._fused_statistics)
+        # Compiling the fused statistics kernel takes seconds: eager kernels serve meanwhile.
+        threading.Thread(target=reductions.warm_up, name="gradiag-compile", daemon=True).start()
+        # A FIFO side thread for work that overlaps a run's sequential parts (hashing the
+        # weights already drawn while the next ones are).
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="gradiag-side")
+        self.models = ModelCache(self._cache_bytes, reductions, self._side)
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="gradiag-run")
 
     async def stop(self) -> None:
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True)
+        if self._side is not None:
+            await asyncio.to_thread(self._side.shutdown, wait=True, cancel_futures=True)
 
     def ready(self) -> bool:
         return self._executor is not None
@@ -77,6 +91,7 @@ class InProcessWorker:
     def _timed(self, task: Task, cancel: threading.Event) -> Any:
         started = time.perf_counter()
         try:
+            assert self.models is not None
             return execute(task, cancel, self.models)
         finally:
             self._durations.append(time.perf_counter() - started)

@@ -4,7 +4,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 import service
 from service.api.deps import RunnerDep
@@ -77,6 +77,7 @@ class CacheState(BaseModel):
     misses: int
     idle_bytes: int
     max_bytes: int
+    fused_statistics: str = Field(description="warming | ready | unavailable | off")
 
 
 class Readiness(BaseModel):
@@ -132,6 +133,7 @@ async def readyz(runner: RunnerDep) -> Readiness:
     if not await asyncio.to_thread(runner.devices.usable):
         raise NotReady(f"device {runner.devices.default} is not usable")
     models = worker.models
+    assert models is not None  # set when the worker starts
     return Readiness(
         status="ready",
         device=runner.devices.default,
@@ -142,5 +144,6 @@ async def readyz(runner: RunnerDep) -> Readiness:
             misses=models.misses,
             idle_bytes=models.idle_bytes,
             max_bytes=models.max_bytes,
+            fused_statistics=models.reductions.state,
         ),
     )

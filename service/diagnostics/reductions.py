@@ -1,0 +1,70 @@
+"""One pass instead of five: a fused reduction kernel for the statistics of large tensors.
+
+Each statistic of a large tensor is a memory-bound reduction; eager PyTorch reads the tensor
+once per statistic. `torch.compile` (Inductor) fuses them into one loop over the data, which
+makes gradient statistics of a 124M-parameter model about three times cheaper. Compiling
+needs a C++ compiler and takes seconds (cached on disk across processes), so it runs in the
+background at start-up; until it is ready, or where it is unavailable (no compiler, a
+non-CPU device, a dtype it was not compiled for), the eager kernels answer, with equal
+results up to float rounding.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+
+import torch
+
+from service.diagnostics.statistics import eager_row
+
+logger = logging.getLogger("gradiag")
+
+
+def _partials(x: torch.Tensor) -> torch.Tensor:
+    # (l1, l2², sum, min, max, zeros, NaN/Inf): seven reductions the compiler fuses into one
+    # pass over x.
+    return torch.stack(
+        [
+            x.abs().sum(),
+            (x * x).sum(),
+            x.sum(),
+            x.amin(),
+            x.amax(),
+            (x == 0).sum().to(x.dtype),
+            (~torch.isfinite(x)).sum().to(x.dtype),
+        ]
+    )
+
+
+class Reductions:
+    """Large-tensor rows for `summarise`: fused when compiled, eager otherwise."""
+
+    def __init__(self, fused: bool):
+        self.state = "warming" if fused else "off"  # warming | ready | unavailable | off
+        self._kernel: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._lock = threading.Lock()  # compiled kernels are called from one thread at a time
+
+    def warm_up(self) -> None:
+        """Compile for float32 CPU tensors of any length; blocking, so run it off the loop."""
+        if self.state != "warming":
+            return
+        try:
+            kernel = torch.compile(_partials, dynamic=True)
+            sample = torch.linspace(-0.5, 2.0, 100_003)  # well-conditioned sums
+            expected = _partials(sample.double()).float()
+            if not torch.allclose(kernel(sample), expected, rtol=1e-5):
+                raise RuntimeError("the compiled kernel disagrees with the eager one")
+        except Exception as exc:  # no compiler, or a compiler that fails: stay eager
+            logger.warning("fused statistics unavailable, using eager kernels: %s", exc)
+            self.state = "unavailable"
+            return
+        self._kernel = kernel
+        self.state = "ready"
+
+    def row(self, t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+        kernel = self._kernel
+        if kernel is None or t.device.type != "cpu" or t.dtype != torch.float32:
+            return eager_row(t, acc)
+        with self._lock:
+            partials = kernel(t.reshape(-1)).to(acc)
+        return torch.cat([partials, torch.tensor([t.numel()], dtype=acc)])

@@ -1,0 +1,52 @@
+"""The fused statistics kernel agrees with the eager one, and the service uses it."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from service.diagnostics.reductions import Reductions
+from service.diagnostics.statistics import summarise
+from tests.test_statistics import tensors
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="torch.compile needs a C++ compiler")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fused() -> Reductions:
+    reductions = Reductions(fused=True)
+    reductions.warm_up()
+    assert reductions.state == "ready"
+    return reductions
+
+
+def test_fused_rows_equal_eager_rows(fused):
+    inputs = [*tensors(), torch.randn(3_000_000)]
+    for got, want in zip(summarise(inputs, fused.row), summarise(inputs), strict=True):
+        assert got.keys() == want.keys()
+        for key in got:
+            if got[key] is None or want[key] is None:
+                assert got[key] == want[key], key
+            else:
+                assert math.isclose(got[key], want[key], rel_tol=1e-5, abs_tol=1e-9), key
+
+
+def test_disabled_or_unsupported_inputs_fall_back_to_eager(fused):
+    off = Reductions(fused=False)
+    off.warm_up()
+    assert off.state == "off"
+    values = torch.randn(100_000, dtype=torch.float64)  # compiled for float32 only
+    assert summarise([values], fused.row) == summarise([values])
+
+
+def test_service_reports_the_fused_kernel(make_client):
+    client = make_client(fused_statistics=True)
+    import time
+
+    deadline = time.monotonic() + 300
+    while client.get("/readyz").json()["model_cache"]["fused_statistics"] == "warming":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.get("/readyz").json()["model_cache"]["fused_statistics"] == "ready"
