@@ -21,7 +21,7 @@ from service.architectures.init import build_seeded, initialise, materialise
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.reductions import Reductions
-from service.diagnostics.statistics import summarise
+from service.diagnostics.statistics import SEGMENT_LIMIT, LargeRow, summarise
 from service.errors import Cancelled
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -52,9 +52,8 @@ def hash_parameters(module: nn.Module) -> str:
 
 class Capture:
     """What the permanent forward hooks of a model record during one run: each reported
-    layer's output, still in the graph (so that the gradient reaching it can be asked of
-    autograd). Each hook checks for cancellation; with `cancel_points` the backward pass
-    checks again as it reaches each output."""
+    layer's output, asked to retain the gradient that reaches it. Each hook checks for
+    cancellation; with `cancel_points` the backward pass checks again at each output."""
 
     def __init__(self, layers: int):
         self.outputs: list[torch.Tensor | None] = [None] * layers
@@ -78,8 +77,10 @@ class Capture:
             self.check()
             tensor = output if isinstance(output, torch.Tensor) else output[0]
             self.outputs[index] = tensor
-            if self.cancel_points and tensor.requires_grad:
-                tensor.register_hook(self.check)
+            if tensor.requires_grad:
+                tensor.retain_grad()
+                if self.cancel_points:
+                    tensor.register_hook(self.check)
 
         return keep_output
 
@@ -129,41 +130,62 @@ def cache_key(plan: RunPlan) -> Hashable:
     return (plan.request.model.model_dump_json(), shape, plan.request.seed, plan.dtype, plan.device)
 
 
-def _seeded_and_hashed(plan: RunPlan, side: Executor) -> tuple[nn.Module, torch.Generator, str]:
-    """Draw the weights, hashing each parameter on `side` as soon as its module is drawn.
+def _drawn(
+    plan: RunPlan, reductions: Reductions, side: Executor
+) -> tuple[nn.Module, torch.Generator, str, list[dict[str, Any]]]:
+    """Draw the weights; hash and summarise each parameter on `side` as soon as it is drawn.
 
-    Drawing is sequential (one generator) and leaves a core idle; hashing a parameter
-    releases the GIL, so the digest is ready about when the last weight is. A dtype cast
-    changes the bytes afterwards: then the cast module is hashed after construction.
+    Drawing is sequential (one generator) and leaves a core idle; hashing releases the GIL
+    and the reductions run in C++, so hash and value statistics are ready about when the
+    last weight is. A dtype cast changes the values afterwards: then the cast module is
+    hashed and summarised after construction.
     """
     factory = lambda: plan.kind.build(plan.request.model, plan.input_shape)  # noqa: E731
     dtype = DTYPES[plan.dtype]
     if dtype != torch.float32:
         module, generator = build_seeded(factory, plan.request.seed)
         module = module.to(dtype=dtype)
-        return module, generator, hash_parameters(module)
+        values = summarise(list(module.parameters()), reductions.row)
+        return module, generator, hash_parameters(module), values
     module = materialise(factory)
-    names = {id(p): name for name, p in module.named_parameters()}
-    digest, hashed = ParameterDigest(), []
+    named = list(module.named_parameters())
+    names = {id(p): name for name, p in named}
+    digest, drawn, rows, pending = ParameterDigest(), [], {}, []
 
-    def hash_own_parameters(sub: nn.Module) -> None:
+    def digest_and_reduce(param: nn.Parameter) -> None:
+        digest.update(names[id(param)], param)
+        if param.numel() > SEGMENT_LIMIT:
+            rows[id(param)] = reductions.row(param, torch.float64)
+
+    def on_initialised(sub: nn.Module) -> None:
         for param in sub.parameters(recurse=False):
-            hashed.append(id(param))
-            side.submit(digest.update, names[id(param)], param)
+            drawn.append(id(param))
+            pending.append(side.submit(digest_and_reduce, param))
 
     generator = torch.Generator().manual_seed(plan.request.seed)
-    initialise(module, generator, hash_own_parameters)
-    side.submit(lambda: None).result()  # the side thread is FIFO: every update is done
-    if hashed != list(names):  # shared parameters would be fed twice: hash in order instead
-        return module, generator, hash_parameters(module)
-    return module, generator, digest.hexdigest()
+    initialise(module, generator, on_initialised)
+    for future in pending:
+        future.result()  # in order; re-raises what failed on the side
+    values = summarise([p for _, p in named], precomputed(rows, reductions))
+    if drawn != [id(p) for _, p in named]:  # shared parameters: hash in the right order
+        return module, generator, hash_parameters(module), values
+    return module, generator, digest.hexdigest(), values
+
+
+def precomputed(rows: dict[int, torch.Tensor], reductions: Reductions) -> LargeRow:
+    """A `large_row` that uses rows already computed (by tensor identity)."""
+
+    def row(tensor: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+        done = rows.get(id(tensor))
+        return done.to(acc) if done is not None else reductions.row(tensor, acc)
+
+    return row
 
 
 def build_initial(plan: RunPlan, reductions: Reductions, side: Executor) -> InitialModel:
     """Seeded construction on the CPU, hashed and summarised there, then moved."""
-    module, generator, init_sha256 = _seeded_and_hashed(plan, side)
+    module, generator, init_sha256, value_stats = _drawn(plan, reductions, side)
     named = list(module.named_parameters())
-    value_stats = summarise([p for _, p in named], reductions.row)
     module = module.to(plan.device)
     layers = list(plan.kind.layers(module))
     owner = {id(p): name for name, layer in layers for p in layer.parameters()}

@@ -50,9 +50,13 @@ class Reductions:
             return
         try:
             kernel = torch.compile(_partials, dynamic=True)
+            # As `summarise` calls it: without autograd, on plain tensors (grad mode and
+            # requires_grad are guarded; a mismatch would recompile on a request).
             sample = torch.linspace(-0.5, 2.0, 100_003)  # well-conditioned sums
             expected = _partials(sample.double()).float()
-            if not torch.allclose(kernel(sample), expected, rtol=1e-5):
+            with torch.no_grad():
+                fused = kernel(sample)
+            if not torch.allclose(fused, expected, rtol=1e-5):
                 raise RuntimeError("the compiled kernel disagrees with the eager one")
         except Exception as exc:  # no compiler, or a compiler that fails: stay eager
             logger.warning("fused statistics unavailable, using eager kernels: %s", exc)
@@ -66,5 +70,5 @@ class Reductions:
         if kernel is None or t.device.type != "cpu" or t.dtype != torch.float32:
             return eager_row(t, acc)
         with self._lock:
-            partials = kernel(t.reshape(-1)).to(acc)
+            partials = kernel(t.detach().reshape(-1)).to(acc)
         return torch.cat([partials, torch.tensor([t.numel()], dtype=acc)])
