@@ -79,7 +79,9 @@ def lesson(rounds: int = 40, block: int = 25) -> list[Row]:
     expected = dict(plain.notebook_once())
     got = {p["name"]: p["grad"]["mean_abs"] for p in json.loads(data)["parameters"]}
     assert all(abs(got[k] - v) <= 1e-5 * v for k, v in expected.items()), (got, expected)
-    p50 = row("lesson p50: notebook in-process vs HTTP", quantile(notebook, 0.5), quantile(service, 0.5))
+    p50 = row(
+        "lesson p50: notebook in-process vs HTTP", quantile(notebook, 0.5), quantile(service, 0.5)
+    )
     p99 = row("lesson p99", quantile(notebook, 0.99), quantile(service, 0.99))
     return [p50, p99]
 
@@ -103,7 +105,8 @@ def _throughput(port: int, clients: int, per_client: int) -> float:
 
 
 def throughput(clients: int = 8, per_client: int = 150) -> list[Row]:
-    in_process = len(timed(plain.notebook_once, 1000)) / sum(timed(plain.notebook_once, 1000))
+    notebook = timed(plain.notebook_once, 1000, warmup=100)
+    in_process = len(notebook) / sum(notebook)
     cores = os.cpu_count() or 1
     rows = []
     for label, settings in (
@@ -171,38 +174,41 @@ def _gpt_request(seed: int) -> dict:
     }
 
 
-def gpt(colds: int = 3, warms: int = 5) -> list[Row]:
-    runs = []
-    for seed in range(colds):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.plain", "gpt", str(100 + seed)],
-            cwd=ROOT, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    plain_cold = statistics.median(r["cold"][0] for r in runs)
-    plain_warm = statistics.median(t for r in runs for t in r["warm"])
-    plain_peak = statistics.median(r["peak_rss_mb"][0] for r in runs)
+def _plain_gpt(seed: int, warms: int) -> dict[str, list[float]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.plain", "gpt", str(seed), str(warms)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def gpt(reps: int = 3, warms: int = 3) -> list[Row]:
+    """Rounds alternate a plain script (a fresh process: build + forward + backward, then
+    forward + backward again, and its peak memory) with the server (a request with a new
+    seed, then the same request again)."""
+    plain_cold, plain_warm, plain_peak, cold, warm, shares = [], [], [], [], [], []
     with Server() as server:
-        client = Client(server.port)
-        cold, reports = [], []
-        for seed in range(colds):
+        for rep in range(reps):
+            result = _plain_gpt(100 + rep, warms)
+            client = Client(server.port)  # a new connection: the old one idled past keep-alive
+            plain_cold += result["cold"]
+            plain_warm += result["warm"]
+            plain_peak += result["peak_rss_mb"]
             started = time.perf_counter()
-            reports.append(client.post("/v1/diagnostics", _gpt_request(100 + seed)))
+            client.post("/v1/diagnostics", _gpt_request(100 + rep))
             cold.append(time.perf_counter() - started)
-        warm = []
-        for _ in range(warms):
-            started = time.perf_counter()
-            reports.append(client.post("/v1/diagnostics", _gpt_request(100 + colds - 1)))
-            warm.append(time.perf_counter() - started)
+            for _ in range(warms):
+                started = time.perf_counter()
+                report = client.post("/v1/diagnostics", _gpt_request(100 + rep))
+                warm.append(time.perf_counter() - started)
+                shares.append(report["timing_ms"]["statistics"] / report["timing_ms"]["total"])
         peak = server.peak_rss_mb()
-    stats_share = statistics.median(
-        r["timing_ms"]["statistics"] / r["timing_ms"]["total"] for r in reports[colds:]
-    )
-    cold_row = row("gpt2-small cold: build+fwd+bwd vs first request", plain_cold, median(cold))
-    warm_row = row("gpt2-small warm: fwd+bwd vs repeated request", plain_warm, median(warm))
-    memory = row("gpt2-small peak RSS: plain script vs server", plain_peak, peak, megabytes)
-    share = ("gpt2-small statistics share of a warm run", "", f"{stats_share:.1%}", "")
-    return [cold_row, warm_row, memory, share]
+    return [
+        row("gpt2-small cold: build+fwd+bwd vs first request", median(plain_cold), median(cold)),
+        row("gpt2-small warm: fwd+bwd vs repeated request", median(plain_warm), median(warm)),
+        row("gpt2-small peak RSS: plain script vs server", median(plain_peak), peak, megabytes),
+        ("gpt2-small: statistics share of a warm request", "", f"{median(shares):.1%}", ""),
+    ]
 
 
 PARTS = {"lesson": lesson, "throughput": throughput, "scaling": scaling, "gpt": gpt}
@@ -225,6 +231,7 @@ def main(argv: list[str]) -> None:
     for name in chosen:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         rows.extend(PARTS[name]())
+        print("\n".join(" | ".join(r) for r in rows), file=sys.stderr, flush=True)
     lines = [
         f"Machine: {machine()}",
         "",

@@ -125,6 +125,10 @@ class InitialModel:
                 live.copy_(initial)
 
 
+def _estimated_bytes(plan: RunPlan) -> int:
+    return plan.model.estimate.parameters * DTYPES[plan.dtype].itemsize
+
+
 def cache_key(plan: RunPlan) -> Hashable:
     shape = plan.input_shape[1:] if plan.kind.build_uses_input_shape else ()
     return (plan.request.model.model_dump_json(), shape, plan.request.seed, plan.dtype, plan.device)
@@ -234,6 +238,7 @@ class ModelCache:
                 model = None
                 self.misses += 1
         if model is None:
+            self._make_room(_estimated_bytes(plan))
             model = build_initial(plan, self.reductions, self._side)
         model.prepare(training=plan.request.mode == "train")
         return model
@@ -246,6 +251,16 @@ class ModelCache:
         with self._lock:
             self._idle[id(model)] = model
             while sum(m.nbytes for m in self._idle.values()) > self.max_bytes:
+                self._idle.popitem(last=False)
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict before building, so that the cache and the model being built together stay
+        within the budget (evicting after would hold both at the peak)."""
+        with self._lock:
+            while (
+                self._idle
+                and sum(m.nbytes for m in self._idle.values()) + incoming > self.max_bytes
+            ):
                 self._idle.popitem(last=False)
 
     @property

@@ -1,7 +1,8 @@
 """One diagnostics run: build, forward, backward, statistics, verdicts.
 
-Runs on a worker thread, never on the event loop. `cancel` is checked at every layer of the
-forward and backward passes, so a run whose client left or whose deadline passed stops soon.
+Runs on a worker thread, never on the event loop. `cancel` is checked at every reported layer
+of the forward pass and, for models big enough for it to matter, of the backward pass, so a
+run whose client left or whose deadline passed stops soon.
 """
 
 import contextlib
