@@ -30,38 +30,23 @@ class MLPSpec(StrictModel):
     bias: bool = True
 
 
+_CNN = [
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+    {"type": "batch_norm"},
+    {"type": "relu"},
+    {"type": "max_pool2d", "kernel_size": 2},
+    {"type": "flatten"},
+    {"type": "linear", "out_features": 10},
+]
+
+
 class SequentialSpec(StrictModel):
     """Layers applied in order, named `layers.{i}`; each input size is inferred."""
 
-    model_config = example(
-        {
-            "kind": "sequential",
-            "layers": [
-                {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
-                {"type": "batch_norm"},
-                {"type": "relu"},
-                {"type": "max_pool2d", "kernel_size": 2},
-                {"type": "flatten"},
-                {"type": "linear", "out_features": 10},
-            ],
-        }
-    )
+    model_config = example({"kind": "sequential", "layers": _CNN})
 
     kind: Literal["sequential"]
-    layers: list[LayerSpec] = Field(
-        min_length=1,
-        max_length=4096,
-        examples=[
-            [
-                {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
-                {"type": "batch_norm"},
-                {"type": "relu"},
-                {"type": "max_pool2d", "kernel_size": 2},
-                {"type": "flatten"},
-                {"type": "linear", "out_features": 10},
-            ]
-        ],
-    )
+    layers: list[LayerSpec] = Field(min_length=1, max_length=4096, examples=[_CNN])
 
 
 GPT_PRESETS: dict[str, dict[str, Any]] = {
