@@ -24,7 +24,7 @@ def fused() -> Reductions:
 
 def test_fused_rows_equal_eager_rows(fused):
     inputs = [*tensors(), torch.randn(3_000_000)]
-    for got, want in zip(summarise(inputs, fused.row), summarise(inputs), strict=True):
+    for got, want in zip(summarise(inputs, fused.rows), summarise(inputs), strict=True):
         assert got.keys() == want.keys()
         for key in got:
             if got[key] is None or want[key] is None:
@@ -38,7 +38,7 @@ def test_disabled_or_unsupported_inputs_fall_back_to_eager(fused):
     off.warm_up()
     assert off.state == "off"
     values = torch.randn(100_000, dtype=torch.float64)  # compiled for float32 only
-    assert summarise([values], fused.row) == summarise([values])
+    assert summarise([values], fused.rows) == summarise([values])
 
 
 def test_service_reports_the_fused_kernel(make_client):

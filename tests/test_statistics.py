@@ -47,6 +47,10 @@ def tensors() -> list[torch.Tensor]:
         torch.tensor([2.5]),
         # Millions of float32 values: float32 accumulation over them drifts by 1e-4.
         torch.rand(3_000_000, generator=g) + 0.5,
+        # Equal sizes, reduced together as the rows of one stacked matrix.
+        torch.randn(100, 60, generator=g),
+        torch.zeros(60, 100),
+        with_nan[:6000].reshape(6000, 1) * 2,
     ]
 
 

@@ -21,7 +21,7 @@ from service.architectures.init import build_seeded, initialise, materialise
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.reductions import Reductions
-from service.diagnostics.statistics import SEGMENT_LIMIT, LargeRow, summarise
+from service.diagnostics.statistics import SEGMENT_LIMIT, summarise
 from service.errors import Cancelled
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -149,7 +149,7 @@ def _drawn(
     if dtype != torch.float32:
         module, generator = build_seeded(factory, plan.request.seed)
         module = module.to(dtype=dtype)
-        values = summarise(list(module.parameters()), reductions.row)
+        values = summarise(list(module.parameters()), reductions.rows)
         return module, generator, hash_parameters(module), values
     module = materialise(factory)
     named = list(module.named_parameters())
@@ -159,7 +159,7 @@ def _drawn(
     def digest_and_reduce(param: nn.Parameter) -> None:
         digest.update(names[id(param)], param)
         if param.numel() > SEGMENT_LIMIT:
-            rows[id(param)] = reductions.row(param, torch.float64)
+            rows[id(param)] = reductions.rows(param.detach().reshape(1, -1), torch.float64)
 
     def on_initialised(sub: nn.Module) -> None:
         for param in sub.parameters(recurse=False):
@@ -170,20 +170,10 @@ def _drawn(
     initialise(module, generator, on_initialised)
     for future in pending:
         future.result()  # in order; re-raises what failed on the side
-    values = summarise([p for _, p in named], precomputed(rows, reductions))
+    values = summarise([p for _, p in named], reductions.rows, known=rows)
     if drawn != [id(p) for _, p in named]:  # shared parameters: hash in the right order
         return module, generator, hash_parameters(module), values
     return module, generator, digest.hexdigest(), values
-
-
-def precomputed(rows: dict[int, torch.Tensor], reductions: Reductions) -> LargeRow:
-    """A `large_row` that uses rows already computed (by tensor identity)."""
-
-    def row(tensor: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-        done = rows.get(id(tensor))
-        return done.to(acc) if done is not None else reductions.row(tensor, acc)
-
-    return row
 
 
 def build_initial(plan: RunPlan, reductions: Reductions, side: Executor) -> InitialModel:

@@ -15,29 +15,30 @@ from collections.abc import Callable
 
 import torch
 
-from service.diagnostics.statistics import eager_row
+from service.diagnostics.statistics import eager_rows, with_counts
 
 logger = logging.getLogger("gradiag")
 
 
 def _partials(x: torch.Tensor) -> torch.Tensor:
-    # (l1, l2², sum, min, max, zeros): six reductions the compiler fuses into one pass over
-    # x. The NaN/Inf count is not among them (it costs a fifth of the pass): `summarise`
-    # derives it from l1, and counts only where l1 is not finite.
+    # (k, n) -> (k, 6): per row (l1, l2², sum, min, max, zeros), six reductions the compiler
+    # fuses into one pass. The NaN/Inf count is not among them (it costs a fifth of the
+    # pass): `summarise` derives it from l1, and counts only where l1 is not finite.
     return torch.stack(
         [
-            x.abs().sum(),
-            (x * x).sum(),
-            x.sum(),
-            x.amin(),
-            x.amax(),
-            (x == 0).sum().to(x.dtype),
-        ]
+            x.abs().sum(1),
+            (x * x).sum(1),
+            x.sum(1),
+            x.amin(1),
+            x.amax(1),
+            (x == 0).sum(1).to(x.dtype),
+        ],
+        dim=1,
     )
 
 
 class Reductions:
-    """Large-tensor rows for `summarise`: fused when compiled, eager otherwise."""
+    """Row-wise reductions for `summarise`: fused when compiled, eager otherwise."""
 
     def __init__(self, fused: bool):
         self.state = "warming" if fused else "off"  # warming | ready | unavailable | off
@@ -45,14 +46,14 @@ class Reductions:
         self._lock = threading.Lock()  # compiled kernels are called from one thread at a time
 
     def warm_up(self) -> None:
-        """Compile for float32 CPU tensors of any length; blocking, so run it off the loop."""
+        """Compile for float32 CPU matrices of any size; blocking, so run it off the loop."""
         if self.state != "warming":
             return
         try:
             kernel = torch.compile(_partials, dynamic=True)
             # As `summarise` calls it: without autograd, on plain tensors (grad mode and
             # requires_grad are guarded; a mismatch would recompile on a request).
-            sample = torch.linspace(-0.5, 2.0, 100_003)  # well-conditioned sums
+            sample = torch.linspace(-0.5, 2.0, 100_003).reshape(1, -1)  # well-conditioned
             expected = _partials(sample.double()).float()
             with torch.no_grad():
                 fused = kernel(sample)
@@ -65,10 +66,11 @@ class Reductions:
         self._kernel = kernel
         self.state = "ready"
 
-    def row(self, t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    def rows(self, x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+        """Rows of a (k, n) matrix: fused for float32 on the CPU, else eager."""
         kernel = self._kernel
-        if kernel is None or t.device.type != "cpu" or t.dtype != torch.float32:
-            return eager_row(t, acc)
+        if kernel is None or x.device.type != "cpu" or x.dtype != torch.float32:
+            return eager_rows(x, acc)
         with self._lock:
-            partials = kernel(t.detach().reshape(-1)).to(acc)
-        return torch.cat([partials, torch.tensor([-1, t.numel()], dtype=acc)])
+            partials = kernel(x.detach()).to(acc)
+        return with_counts(partials, x.shape[1])

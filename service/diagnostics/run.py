@@ -25,7 +25,7 @@ from service.diagnostics.report import (
     parameter_report,
     weighted_mean,
 )
-from service.diagnostics.statistics import LargeRow, summarise
+from service.diagnostics.statistics import LargeRows, summarise
 from service.diagnostics.tensors import materialise
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
@@ -114,7 +114,9 @@ def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> dict[str,
     try:
         _check(cancel)
         clock.lap("build")
-        return _diagnose(plan, model, inputs, target, cancel, clock, started, models.reductions.row)
+        return _diagnose(
+            plan, model, inputs, target, cancel, clock, started, models.reductions.rows
+        )
     finally:
         models.checkin(model)
 
@@ -127,7 +129,7 @@ def _diagnose(
     cancel: threading.Event,
     clock: _Clock,
     started: float,
-    large_row: LargeRow,
+    large_rows: LargeRows,
 ) -> dict[str, Any]:
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
@@ -146,7 +148,7 @@ def _diagnose(
     param_grads = [p.grad for _, p in named]
     output_grads = [t.grad if t is not None else None for t in outputs]
     present = [t for t in (*param_grads, *outputs, *output_grads) if t is not None]
-    stats = iter(summarise([loss.detach().reshape(1), *present], large_row))
+    stats = iter(summarise([loss.detach().reshape(1), *present], large_rows))
     loss_value = next(stats)["mean"]
     grad_stats = [next(stats) if g is not None else None for g in param_grads]
     output_stats = [next(stats) if t is not None else None for t in outputs]

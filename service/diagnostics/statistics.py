@@ -1,26 +1,30 @@
 """Summary statistics of many tensors in a few batched reductions and one host transfer.
 
-Small tensors (the common case: biases, norms, most layers of small models) are
-concatenated on their device, copied to the host in one piece with the rows of the large
-ones, and reduced per segment there with numpy's `reduceat` (a handful of vectorised calls
-for any number of tensors). Large tensors are reduced on their device, each with five
-single-pass kernels (no copies); their NaN/Inf count is derived from the absolute sum and
-only counted when that sum is not finite.
+Small tensors (biases, norms, the layers of small models) are concatenated on their device,
+copied to the host in one piece with the rows of the others, and reduced per segment there
+with numpy's `reduceat` (a handful of vectorised calls for any number of tensors). Larger
+tensors are reduced on their device in groups of equal size, stacked into one matrix
+reduced row by row (one call per group: a deep stack of equal layers costs one call, not
+one per layer); the largest, one at a time, without copies. Their NaN/Inf count is derived
+from the absolute sum and only counted when that sum is not finite.
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch._utils import _flatten_dense_tensors
 
-# Tensors up to this many elements are concatenated; larger ones are reduced in place.
-SEGMENT_LIMIT = 1 << 16
+# Up to this many elements a tensor is reduced on the host with numpy.
+SEGMENT_LIMIT = 1 << 12
+# Up to this many elements equal-sized tensors are stacked (copied) to be reduced together.
+STACK_LIMIT = 1 << 22
 
 # Columns of a large tensor's row; NaN/Inf = -1 means "derive it from l1".
 _L1, _L2SQ, _SUM, _MIN, _MAX, _ZEROS, _NONFINITE, _NUMEL = range(8)
-LargeRow = Callable[[torch.Tensor, torch.dtype], torch.Tensor]
+# (k, n) matrix, accumulation dtype -> (k, 8) rows
+LargeRows = Callable[[torch.Tensor, torch.dtype], torch.Tensor]
 
 Stats = dict[str, float | int | None]
 
@@ -56,6 +60,39 @@ def eager_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
             extra,
         ]
     )
+
+
+def eager_rows(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Rows of a (k, n) matrix with eager kernels; a single row goes in chunks."""
+    if x.shape[0] == 1:
+        return eager_row(x[0], acc)[None]
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    low, high = torch.aminmax(x, dim=1)
+    parts = [x.abs().sum(1), x.square().sum(1), x.sum(1), low, high, (x == 0).sum(1)]
+    return with_counts(torch.stack(parts, dim=1).to(acc), x.shape[1])
+
+
+def with_counts(partials: torch.Tensor, numel: int) -> torch.Tensor:
+    """(k, 6) partials + the NaN/Inf column (-1: derive it) + the numel column."""
+    counts = torch.tensor([-1.0, numel], dtype=partials.dtype, device=partials.device)
+    return torch.cat([partials, counts.expand(partials.shape[0], 2)], dim=1)
+
+
+def _groups(
+    tensors: Sequence[torch.Tensor], indices: list[int]
+) -> list[tuple[list[int], torch.Tensor]]:
+    """(indices, matrix) per group of equal size and dtype: stacked rows, or one view."""
+    by_kind: dict[tuple[int, torch.dtype], list[int]] = {}
+    for i in indices:
+        by_kind.setdefault((tensors[i].numel(), tensors[i].dtype), []).append(i)
+    groups = []
+    for (numel, _), members in by_kind.items():
+        if len(members) > 1 and numel <= STACK_LIMIT:
+            groups.append((members, torch.stack([tensors[i].reshape(-1) for i in members])))
+        else:
+            groups.extend(([i], tensors[i].reshape(1, -1)) for i in members)
+    return groups
 
 
 STAT_KEYS = ("mean_abs", "l2_norm", "rms", "max_abs", "mean", "std", "min", "max")
@@ -129,32 +166,43 @@ def _nonfinite_counts(tensors: Sequence[torch.Tensor], rows: np.ndarray) -> list
 
 
 @torch.no_grad()
-def summarise(tensors: Sequence[torch.Tensor], large_row: LargeRow = eager_row) -> list[Stats]:
+def summarise(
+    tensors: Sequence[torch.Tensor],
+    large_rows: LargeRows = eager_rows,
+    known: Mapping[int, torch.Tensor] | None = None,
+) -> list[Stats]:
     """Statistics of every tensor, in order. All tensors must share one device.
 
-    `large_row` reduces one large tensor to its row (see `Reductions` for a fused kernel).
+    `large_rows` reduces a matrix row by row (see `Reductions` for a fused kernel); `known`
+    holds rows already computed, by `id` of their tensor.
     """
     if not tensors:
         return []
+    known = known or {}
     acc = _accumulation_dtype(tensors[0].device)
     small = [i for i, t in enumerate(tensors) if t.numel() <= SEGMENT_LIMIT]
     large = [i for i, t in enumerate(tensors) if t.numel() > SEGMENT_LIMIT]
-    parts = [large_row(tensors[i], acc) for i in large]
+    computed = [i for i in large if id(tensors[i]) not in known]
+    groups = _groups(tensors, computed)
+    order = [i for members, _ in groups for i in members] + [
+        i for i in large if id(tensors[i]) in known
+    ]
+    parts = [large_rows(matrix, acc).reshape(-1) for _, matrix in groups]
+    parts += [known[id(tensors[i])].to(acc).reshape(-1) for i in order[len(computed) :]]
     if small:
         # One C++ call flattens and concatenates them all (what DDP uses for its buckets).
-        flat = _flatten_dense_tensors([tensors[i] for i in small])
-        parts.insert(0, flat.to(acc))
+        parts.insert(0, _flatten_dense_tensors([tensors[i] for i in small]).to(acc))
     host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy()  # one transfer
     counts = [tensors[i].numel() for i in small]
     columns = []
     if small:
         columns.append(_segment_columns(host[: sum(counts)], counts))
     if large:
-        rows = host[sum(counts) :].reshape(len(large), 8)
-        rows[:, _NONFINITE] = _nonfinite_counts([tensors[i] for i in large], rows)
+        rows = host[sum(counts) :].reshape(len(order), 8)
+        rows[:, _NONFINITE] = _nonfinite_counts([tensors[i] for i in order], rows)
         columns.append(rows.T)  # (l1, l2², sum, min, max, zeros, NaN/Inf, numel) as columns
     stats = _rows(np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0])
     ordered: list[Stats] = [{}] * len(tensors)
-    for position, entry in zip(small + large, stats, strict=True):
+    for position, entry in zip(small + order, stats, strict=True):
         ordered[position] = entry
     return ordered

@@ -25,24 +25,28 @@ def set_path(document: dict[str, Any], path: str, value: Any, loc: Loc) -> dict[
             raise InvalidRequest.at(loc, f"'{path}': '{key}' is not inside an object")
         if last:
             node[key] = value
-        else:
-            child = node[key] if isinstance(key, int) or key in node else {}
-            child = list(child) if isinstance(child, list) else dict(child)
-            node[key] = child
-            node = child
+            break
+        child = node[key] if isinstance(key, int) or key in node else {}
+        if not isinstance(child, dict | list):
+            raise InvalidRequest.at(loc, f"'{path}': '{key}' holds a value, not an object")
+        child = list(child) if isinstance(child, list) else dict(child)
+        node[key] = child
+        node = child
     return root
 
 
 def expand(
     base: dict[str, Any], axes: Sequence[Any]
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(axis values, request) for every combination, the last axis varying fastest."""
+) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
+    """(index of each axis' value, request) for every combination, the last axis varying
+    fastest."""
     combos = []
-    for values in itertools.product(*(axis.values for axis in axes)):
+    for choice in itertools.product(*(range(len(axis.values)) for axis in axes)):
         request = base
-        for index, (axis, value) in enumerate(zip(axes, values, strict=True)):
-            request = set_path(request, axis.path, value, ("body", "axes", index, "path"))
-        combos.append(({a.path: v for a, v in zip(axes, values, strict=True)}, request))
+        for index, (axis, value_index) in enumerate(zip(axes, choice, strict=True)):
+            loc = ("body", "axes", index, "path")
+            request = set_path(request, axis.path, axis.values[value_index], loc)
+        combos.append((choice, request))
     return combos
 
 

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.schemas.common import StrictModel
 from service.schemas.requests import LESSON_REQUEST
@@ -45,7 +45,15 @@ class SweepRequest(StrictModel):
     )
 
     base: dict[str, Any] = Field(description="a diagnostics request, possibly incomplete")
-    axes: list[SweepAxis] = Field(min_length=1, max_length=8)
+    axes: list[SweepAxis] = Field(min_length=1, max_length=8, description="distinct paths")
+
+    @field_validator("axes")
+    @classmethod
+    def _distinct_paths(cls, axes: list[SweepAxis]) -> list[SweepAxis]:
+        paths = [axis.path for axis in axes]
+        if len(set(paths)) != len(paths):
+            raise ValueError("each path can be swept by one axis only")
+        return axes
 
 
 class LayerSummary(BaseModel):

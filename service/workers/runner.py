@@ -25,16 +25,16 @@ from service.workers.devices import DevicePolicy
 BASE: Loc = ("body", "base")
 
 
-def _at_axis_values(error: GradiagError, request: SweepRequest, point: dict[str, Any]) -> Any:
+def _at_axis_values(error: GradiagError, request: SweepRequest, choice: tuple[int, ...]) -> Any:
     """Errors inside a swept field point at the axis value that put it there."""
     errors = []
     for field in error.errors:
         loc = field.loc
-        for index, axis in enumerate(request.axes):
+        for index, (axis, value_index) in enumerate(zip(request.axes, choice, strict=True)):
             keys = tuple(int(k) if k.isdigit() else k for k in axis.path.split("."))
             if loc[len(BASE) : len(BASE) + len(keys)] == keys:
-                value_index = axis.values.index(point[axis.path])
-                loc = ("body", "axes", index, "values", value_index, *loc[len(BASE) + len(keys) :])
+                rest = loc[len(BASE) + len(keys) :]
+                loc = ("body", "axes", index, "values", value_index, *rest)
         errors.append(FieldError(loc, field.msg, field.type))
     error.errors = errors
     return error
@@ -104,11 +104,12 @@ class Runner:
                 extra={"estimate": {"runs": count}, "limit": {"runs": limit}},
             )
         runs = []
-        for axes, document in expand(request.base, request.axes):
+        for choice, document in expand(request.base, request.axes):
+            axes = {a.path: a.values[i] for a, i in zip(request.axes, choice, strict=True)}
             try:
                 runs.append((axes, self._plan_document(document, BASE, f"sweep point {axes}")))
             except GradiagError as error:
-                raise _at_axis_values(error, request, axes) from None
+                raise _at_axis_values(error, request, choice) from None
         self._check_total((plan for _, plan in runs), "sweep runs")
         return SweepTask(runs)
 
