@@ -18,8 +18,11 @@ from torch._utils import _flatten_dense_tensors
 
 # Up to this many elements a tensor is reduced on the host with numpy.
 SEGMENT_LIMIT = 1 << 12
-# Up to this many elements equal-sized tensors are stacked (copied) to be reduced together.
-STACK_LIMIT = 1 << 22
+# Up to this many elements equal-sized tensors are stacked (copied) to be reduced together:
+# below it a call costs more than the copy; above it, the copy more than the call.
+STACK_LIMIT = 1 << 16
+# Elements of one stack at most, to bound the copy.
+STACK_ELEMENTS = 1 << 24
 
 # Columns of a large tensor's row; NaN/Inf = -1 means "derive it from l1".
 _L1, _L2SQ, _SUM, _MIN, _MAX, _ZEROS, _NONFINITE, _NUMEL = range(8)
@@ -89,7 +92,10 @@ def _groups(
     groups = []
     for (numel, _), members in by_kind.items():
         if len(members) > 1 and numel <= STACK_LIMIT:
-            groups.append((members, torch.stack([tensors[i].reshape(-1) for i in members])))
+            per_stack = max(1, STACK_ELEMENTS // numel)
+            for start in range(0, len(members), per_stack):
+                chunk = members[start : start + per_stack]
+                groups.append((chunk, torch.stack([tensors[i].reshape(-1) for i in chunk])))
         else:
             groups.extend(([i], tensors[i].reshape(1, -1)) for i in members)
     return groups

@@ -28,6 +28,7 @@ _SPEC_MODELS: dict[str, type[BaseModel]] = {
     "sequential": SequentialSpec,
     "gpt": GPTSpec,
 }
+_MODEL_SCHEMAS = {kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS}
 _GENERATOR_SCHEMA = TypeAdapter(TensorGenerator).json_schema()
 
 
@@ -97,7 +98,7 @@ async def get_capabilities(runner: RunnerDep) -> Capabilities:
     settings = runner.settings
     return Capabilities(
         service_version=service.__version__,
-        model_kinds={kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS},
+        model_kinds=_MODEL_SCHEMAS,
         layer_types=_LAYER_TYPES,
         gpt_presets=GPT_PRESETS,
         activations=list(ACTIVATIONS),
