@@ -54,7 +54,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         devices = DevicePolicy.from_settings(settings)
         _configure_torch(settings)
         worker = InProcessWorker(
-            devices,
             concurrency=settings.concurrency,
             queue_capacity=settings.queue_capacity,
             torch_threads=settings.torch_threads,
@@ -63,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         await worker.start()
         try:
-            yield {"settings": settings, "runner": Runner(settings, devices, worker)}
+            yield {"runner": Runner(settings, devices, worker)}
         finally:
             await worker.stop()
 

@@ -131,7 +131,7 @@ def test_stopping_worker_finishes_in_flight_work_and_reports_not_ready():
     devices = DevicePolicy.from_settings(settings)
 
     async def scenario():
-        worker = InProcessWorker(devices, concurrency=1, queue_capacity=1, torch_threads=1)
+        worker = InProcessWorker(concurrency=1, queue_capacity=1, torch_threads=1)
         await worker.start()
         runner = Runner(settings, devices, worker)
         plan = runner.plan(DiagnosticsRequest.model_validate(LESSON_REQUEST))

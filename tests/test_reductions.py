@@ -33,12 +33,19 @@ def test_fused_rows_equal_eager_rows(fused):
                 assert math.isclose(got[key], want[key], rel_tol=1e-5, abs_tol=1e-9), key
 
 
-def test_disabled_or_unsupported_inputs_fall_back_to_eager(fused):
+def test_disabled_or_unsupported_inputs_fall_back_to_eager(fused, monkeypatch):
     off = Reductions(fused=False)
     off.warm_up()
     assert off.state == "off"
+
+    def must_not_run(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the compiled kernel ran on an input it was not compiled for")
+
+    monkeypatch.setattr(fused, "_kernel", must_not_run)
     values = torch.randn(100_000, dtype=torch.float64)  # compiled for float32 only
     assert summarise([values], fused.rows) == summarise([values])
+    with pytest.raises(AssertionError, match="compiled kernel ran"):
+        summarise([values.float()], fused.rows)  # float32: the kernel is used
 
 
 def test_service_reports_the_fused_kernel(make_client):

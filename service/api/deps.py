@@ -4,26 +4,20 @@ from typing import Annotated, TypedDict
 
 from fastapi import Depends, Request
 
-from service.config import Settings
 from service.workers.runner import Runner
 
 
 class AppState(TypedDict):
-    """Long-lived resources, created in the lifespan and handed to each request."""
+    """Long-lived resources, created in the lifespan and handed to each request. The
+    settings travel with the runner (`runner.settings`)."""
 
-    settings: Settings
     runner: Runner
 
 
 # `async def` on purpose: FastAPI runs plain `def` dependencies in its threadpool, a thread
 # hop per request for what is an attribute read.
-async def get_settings(request: Request) -> Settings:
-    return request.state.settings
-
-
 async def get_runner(request: Request) -> Runner:
     return request.state.runner
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 RunnerDep = Annotated[Runner, Depends(get_runner)]

@@ -176,7 +176,9 @@ def _drawn(
     return module, generator, digest.hexdigest(), values
 
 
-def build_initial(plan: RunPlan, reductions: Reductions, side: Executor) -> InitialModel:
+def build_initial(
+    plan: RunPlan, key: Hashable, reductions: Reductions, side: Executor
+) -> InitialModel:
     """Seeded construction on the CPU, hashed and summarised there, then moved."""
     module, generator, init_sha256, value_stats = _drawn(plan, reductions, side)
     named = list(module.named_parameters())
@@ -187,7 +189,7 @@ def build_initial(plan: RunPlan, reductions: Reductions, side: Executor) -> Init
     for index, (_, layer) in enumerate(layers):
         layer.register_forward_hook(capture.hook(index))
     return InitialModel(
-        key=cache_key(plan),
+        key=key,
         module=module,
         init_sha256=init_sha256,
         value_stats=value_stats,
@@ -229,7 +231,7 @@ class ModelCache:
                 self.misses += 1
         if model is None:
             self._make_room(_estimated_bytes(plan))
-            model = build_initial(plan, self.reductions, self._side)
+            model = build_initial(plan, key, self.reductions, self._side)
         model.prepare(training=plan.request.mode == "train")
         return model
 

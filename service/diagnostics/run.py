@@ -25,7 +25,7 @@ from service.diagnostics.report import (
     parameter_report,
     weighted_mean,
 )
-from service.diagnostics.statistics import LargeRows, summarise
+from service.diagnostics.statistics import LargeRows, Stats, summarise
 from service.diagnostics.tensors import materialise
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
@@ -162,10 +162,11 @@ def _diagnose(
         )
     ]
     thresholds = request.thresholds
-    own_grads = [
-        [g for g, layer in zip(grad_stats, owners, strict=True) if layer == name and g is not None]
-        for name, _ in layers
-    ]
+    by_layer: dict[str, list[Stats]] = {name: [] for name, _ in layers}
+    for grad, layer in zip(grad_stats, owners, strict=True):
+        if layer is not None and grad is not None:
+            by_layer[layer].append(grad)
+    own_grads = [by_layer[name] for name, _ in layers]
     own_mean_abs = [weighted_mean(own, "mean_abs") for own in own_grads]
     signals = [
         layer_signal(

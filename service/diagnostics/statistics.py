@@ -40,9 +40,9 @@ CHUNK = 1 << 20
 
 
 def eager_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
-    """Single-pass kernels over 1M-element chunks, combined in `acc`: chunks bound the
-    temporaries of |x| and x², and keep float32 sums accurate (float32 `vector_norm` over
-    millions of elements is off by 1e-4). The NaN/Inf count is left to be derived (-1)."""
+    """(l1, l2², sum, min, max, zeros) of one tensor with single-pass kernels over 1M-element
+    chunks, combined in `acc`: chunks bound the temporaries of |x| and x², and keep float32
+    sums accurate (float32 `vector_norm` over millions of elements is off by 1e-4)."""
     flat = t.reshape(-1)
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
@@ -53,22 +53,13 @@ def eager_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
         partials.append(torch.stack([*parts, chunk.numel() - torch.count_nonzero(chunk)]))
     rows = torch.stack(partials).to(acc)  # (chunks, 6)
     sums = rows[:, [0, 1, 2, 5]].sum(0)
-    extra = torch.tensor([-1.0, flat.numel()], dtype=acc, device=flat.device)
-    return torch.cat(
-        [
-            sums[:3],
-            rows[:, 3].min(0, keepdim=True)[0],
-            rows[:, 4].max(0, keepdim=True)[0],
-            sums[3:],
-            extra,
-        ]
-    )
+    return torch.stack([*sums[:3], rows[:, 3].min(), rows[:, 4].max(), sums[3]])
 
 
 def eager_rows(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """Rows of a (k, n) matrix with eager kernels; a single row goes in chunks."""
     if x.shape[0] == 1:
-        return eager_row(x[0], acc)[None]
+        return with_counts(eager_row(x[0], acc)[None], x.shape[1])
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
     low, high = torch.aminmax(x, dim=1)

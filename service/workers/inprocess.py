@@ -16,7 +16,6 @@ from service.diagnostics.models import ModelCache
 from service.diagnostics.reductions import Reductions
 from service.errors import NotReady, Overloaded, Timeout
 from service.workers.base import Task
-from service.workers.devices import DevicePolicy
 from service.workers.tasks import execute
 
 
@@ -35,7 +34,6 @@ class InProcessWorker:
 
     def __init__(
         self,
-        devices: DevicePolicy,
         *,
         concurrency: int,
         queue_capacity: int,
@@ -43,7 +41,6 @@ class InProcessWorker:
         cache_bytes: int = 0,
         fused_statistics: bool = False,
     ):
-        self.devices = devices
         self.concurrency = concurrency
         self._limit = concurrency + queue_capacity
         self._cache_bytes = cache_bytes
