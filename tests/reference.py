@@ -71,7 +71,7 @@ LOSSES = {
 }
 
 
-def run_mlp(spec, seed, inputs, target, loss, dtype=torch.float32):
+def run_mlp(spec, seed, inputs, target, loss, dtype=torch.float32, device="cpu"):
     """Plain PyTorch: seed, build, forward, backward. Returns the model, loss and layer outputs."""
     torch.manual_seed(seed)
     model = ExampleDeepNeuralNetwork(
@@ -79,7 +79,7 @@ def run_mlp(spec, seed, inputs, target, loss, dtype=torch.float32):
         spec.get("shortcut", False),
         ACTIVATIONS[spec["activation"]],
         spec.get("bias", True),
-    ).to(dtype)
+    ).to(device, dtype)
     outputs = []
 
     def keep(module, args, output):

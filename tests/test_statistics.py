@@ -54,11 +54,8 @@ def tensors() -> list[torch.Tensor]:
     ]
 
 
-@pytest.mark.parametrize("limit", [1 << 16, 0, 1 << 30])  # mixed, all large, all small
-def test_summarise_equals_plain_reductions(monkeypatch, limit):
-    monkeypatch.setattr(statistics, "SEGMENT_LIMIT", limit)
-    inputs = tensors()
-    for got, t in zip(summarise(inputs), inputs, strict=True):
+def assert_equal_to_plain_reductions(inputs: list[torch.Tensor], results: list[dict]) -> None:
+    for got, t in zip(results, inputs, strict=True):
         want = expected(t)
         assert got.keys() == want.keys()
         for key, value in want.items():
@@ -70,6 +67,31 @@ def test_summarise_equals_plain_reductions(monkeypatch, limit):
                     got[key],
                     value,
                 )
+
+
+@pytest.mark.parametrize("limit", [1 << 16, 0, 1 << 30])  # mixed, all large, all small
+def test_summarise_equals_plain_reductions(monkeypatch, limit):
+    monkeypatch.setattr(statistics, "SEGMENT_LIMIT", limit)
+    inputs = tensors()
+    assert_equal_to_plain_reductions(inputs, summarise(inputs))
+
+
+# The accelerators' path, run here on the CPU: the default layout; short rows, so that most
+# tensors span several rows and most last rows are padded; one matrix per tensor.
+@pytest.mark.parametrize(("tile", "elements"), [(1 << 12, 1 << 26), (7, 1 << 26), (1 << 12, 1)])
+def test_tiled_summary_equals_plain_reductions(monkeypatch, tile, elements):
+    monkeypatch.setattr(statistics, "TILE", tile)
+    monkeypatch.setattr(statistics, "TILED_ELEMENTS", elements)
+    inputs = [*tensors(), -torch.arange(1.0, 10.0), torch.arange(1.0, 10.0), torch.empty(0)]
+    results = statistics.summarise_tiled(inputs)
+    assert_equal_to_plain_reductions(inputs[:-1], results[:-1])
+    assert results[-1]["numel"] == 0 and results[-1]["mean"] is None
+
+
+def test_tiled_summary_of_bfloat16_and_mixed_dtypes():
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(5000, generator=g).bfloat16(), torch.randn(3, generator=g).double()]
+    assert_equal_to_plain_reductions(inputs, statistics.summarise_tiled(inputs))
 
 
 def test_bfloat16_and_float64_tensors():

@@ -1,8 +1,8 @@
 """The course's building blocks (LLMs-from-scratch, chapter 4), with two changes only:
 
 - dropout draws its masks from a per-run generator (`SeededDropout`) instead of the global
-  one, so that concurrent runs stay deterministic; on the CPU the masks are bit-identical
-  to `nn.Dropout` continuing the stream of `torch.manual_seed(seed)`;
+  one, so that concurrent runs stay deterministic; the masks are bit-identical to those
+  `nn.Dropout` draws on the same device after `torch.manual_seed(seed)`;
 - the transformer block takes the diagnostics switches `norm` (pre | post | none) and
   `shortcut`; `pre` with shortcuts is the course's block.
 
@@ -17,7 +17,8 @@ from service.architectures.init import SeededInit
 
 
 class SeededDropout(nn.Module):
-    """nn.Dropout's CPU algorithm (Bernoulli(1-p) noise, scaled by 1/(1-p)) on a generator."""
+    """nn.Dropout's algorithm on a given generator: on the CPU, Bernoulli(1-p) noise scaled by
+    1/(1-p); on CUDA, the fused Philox kernel that nn.Dropout calls there."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -29,7 +30,10 @@ class SeededDropout(nn.Module):
             return x
         if self.generator is None:
             raise RuntimeError("SeededDropout used without a generator")
-        # Drawn on the CPU with the run's generator, so every device sees the same masks.
+        if self.generator.device.type == "cuda":
+            # nn.Dropout's own CUDA kernel (`_fused_dropout` takes the probability to keep).
+            return torch._fused_dropout(x, 1 - self.p, self.generator)[0]
+        # Other devices (mps) draw on the CPU: the CPU's masks, moved.
         noise = torch.empty_like(x, device="cpu").bernoulli_(1 - self.p, generator=self.generator)
         noise.div_(1 - self.p)
         return x * noise.to(x.device)

@@ -104,14 +104,18 @@ class InitialModel:
     nbytes: int = 0
     training: bool | None = None
 
-    def prepare(self, training: bool) -> None:
-        """Mode and dropout generator for one run (the generator where
-        `torch.manual_seed(seed)` + construction would have left it)."""
+    def prepare(self, training: bool, seed: int, device: str) -> None:
+        """Mode and dropout generator for one run: where `torch.manual_seed(seed)` and
+        construction on the CPU would have left the generator that nn.Dropout draws from on
+        this device (the CPU's, past the initialisation; a GPU's, untouched by it)."""
         if self.training != training:
             self.module.train(training)
             self.training = training
-        generator = torch.Generator()
-        generator.set_state(self.generator_state)
+        if torch.device(device).type == "cuda":
+            generator = torch.Generator(device).manual_seed(seed)
+        else:
+            generator = torch.Generator()
+            generator.set_state(self.generator_state)
         for dropout in self.dropouts:
             dropout.generator = generator
 
@@ -232,7 +236,7 @@ class ModelCache:
         if model is None:
             self._make_room(_estimated_bytes(plan))
             model = build_initial(plan, key, self.reductions, self._side)
-        model.prepare(training=plan.request.mode == "train")
+        model.prepare(plan.request.mode == "train", plan.request.seed, plan.device)
         return model
 
     def checkin(self, model: InitialModel) -> None:
