@@ -76,6 +76,19 @@ def test_summarise_equals_plain_reductions(monkeypatch, limit):
     assert_equal_to_plain_reductions(inputs, summarise(inputs))
 
 
+def test_stacks_in_reused_memory(monkeypatch):
+    # Stacks of two rows at most: several stacks of each size come out of one buffer, so a
+    # stack made before the previous one was reduced would overwrite it.
+    monkeypatch.setattr(statistics, "SEGMENT_LIMIT", 0)
+    monkeypatch.setattr(statistics, "STACK_ELEMENTS", 2 * 6000)
+    g = torch.Generator().manual_seed(3)
+    inputs = [*tensors(), *(torch.randn(6000, generator=g) * i for i in range(5))]
+    inputs += [t.double() for t in inputs[-3:]]
+    scratch = statistics.Scratch()
+    for _ in range(2):
+        assert_equal_to_plain_reductions(inputs, summarise(inputs, stack=scratch.stack))
+
+
 # The accelerators' path, run here on the CPU: the default layout; short rows, so that most
 # tensors span several rows and most last rows are padded; one matrix per tensor.
 @pytest.mark.parametrize(("tile", "elements"), [(1 << 12, 1 << 26), (7, 1 << 26), (1 << 12, 1)])

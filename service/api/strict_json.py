@@ -105,7 +105,7 @@ def direct_handler(
     async def handler(request: Request) -> Response:
         strict = StrictJSONRequest(request.scope, request.receive)
         await strict.load()
-        return await endpoint(**{name: await bind(strict) for name, bind in bound})  # type: ignore[misc]
+        return await endpoint(**{name: await bind(strict) for name, bind in bound})
 
     return handler
 

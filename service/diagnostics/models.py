@@ -153,7 +153,7 @@ def _drawn(
     if dtype != torch.float32:
         module, generator = build_seeded(factory, plan.request.seed)
         module = module.to(dtype=dtype)
-        values = summarise(list(module.parameters()), reductions.rows)
+        values = summarise(list(module.parameters()), reductions.rows, stack=reductions.stack)
         return module, generator, hash_parameters(module), values
     module = materialise(factory)
     named = list(module.named_parameters())
@@ -174,7 +174,7 @@ def _drawn(
     initialise(module, generator, on_initialised)
     for future in pending:
         future.result()  # in order; re-raises what failed on the side
-    values = summarise([p for _, p in named], reductions.rows, known=rows)
+    values = summarise([p for _, p in named], reductions.rows, rows, reductions.stack)
     if drawn != [id(p) for _, p in named]:  # shared parameters: hash in the right order
         return module, generator, hash_parameters(module), values
     return module, generator, digest.hexdigest(), values

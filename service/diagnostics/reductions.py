@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from service.diagnostics.statistics import eager_rows, with_counts
+from service.diagnostics.statistics import Scratch, eager_rows, with_counts
 
 logger = logging.getLogger("gradiag")
 
@@ -44,6 +44,7 @@ class Reductions:
         self.state = "warming" if fused else "off"  # warming | ready | unavailable | off
         self._kernel: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._lock = threading.Lock()  # compiled kernels are called from one thread at a time
+        self.stack = Scratch().stack  # matrices of equal-sized tensors, in reused memory
 
     def warm_up(self) -> None:
         """Compile for float32 CPU matrices of any size; blocking, so run it off the loop."""

@@ -19,13 +19,14 @@ import service
 from service.diagnostics.losses import LOSSES
 from service.diagnostics.models import DTYPES, InitialModel, ModelCache
 from service.diagnostics.plan import RunPlan
+from service.diagnostics.reductions import Reductions
 from service.diagnostics.report import (
     layer_signal,
     parameter_findings,
     parameter_report,
     weighted_mean,
 )
-from service.diagnostics.statistics import LargeRows, Stats, summarise
+from service.diagnostics.statistics import Stats, summarise
 from service.diagnostics.tensors import materialise
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
@@ -114,9 +115,7 @@ def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> dict[str,
     try:
         _check(cancel)
         clock.lap("build")
-        return _diagnose(
-            plan, model, inputs, target, cancel, clock, started, models.reductions.rows
-        )
+        return _diagnose(plan, model, inputs, target, cancel, clock, started, models.reductions)
     finally:
         models.checkin(model)
 
@@ -129,7 +128,7 @@ def _diagnose(
     cancel: threading.Event,
     clock: _Clock,
     started: float,
-    large_rows: LargeRows,
+    reductions: Reductions,
 ) -> dict[str, Any]:
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
@@ -148,7 +147,9 @@ def _diagnose(
     param_grads = [p.grad for _, p in named]
     output_grads = [t.grad if t is not None else None for t in outputs]
     present = [t for t in (*param_grads, *outputs, *output_grads) if t is not None]
-    stats = iter(summarise([loss.detach().reshape(1), *present], large_rows))
+    stats = iter(
+        summarise([loss.detach().reshape(1), *present], reductions.rows, stack=reductions.stack)
+    )
     loss_value = next(stats)["mean"]
     grad_stats = [next(stats) if g is not None else None for g in param_grads]
     output_stats = [next(stats) if t is not None else None for t in outputs]
