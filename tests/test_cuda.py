@@ -8,7 +8,7 @@ with plain PyTorch on the GPU, not with the CPU.
 
 Tolerances. float32 matmuls on the GPU sum in another order than on the CPU (2e-4 relative is
 ample); cuDNN convolutions use TF32 by default, as they do in a user's own PyTorch, so requests
-with convolutions are compared at 5e-3. float64 at 1e-9.
+with convolutions are compared at 5e-3. float64 at 1e-9; bfloat16 (8 bits of mantissa) at 3e-2.
 """
 
 import copy
@@ -30,7 +30,7 @@ from tests.test_parity_architectures import Net, assert_parity, normal
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-F32, CONV, F64 = 2e-4, 5e-3, 1e-9
+F32, CONV, F64, BF16 = 2e-4, 5e-3, 1e-9, 3e-2
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,7 @@ CASES: dict[str, tuple[dict, float]] = {
     "lesson": (lesson(False), F32),
     "lesson_shortcut": (lesson(True), F32),
     "lesson_float64": (lesson(True, "float64"), F64),
+    "lesson_bfloat16": (lesson(True, "bfloat16"), BF16),
     "cnn_batch_norm_pools": (sequential([
         {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
         {"type": "batch_norm"}, {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2},
