@@ -9,41 +9,20 @@ import torch
 from fastapi.testclient import TestClient
 
 from bench.__main__ import _gpt_request
-from bench.plain import GPT2_SMALL, gpt_step, gpt_tokens
+from bench.plain import gpt_cold_and_warm
 from service.config import Settings
 from service.main import create_app
-from tests.reference_gpt import GPTModel
-
-
-def plain(seed: int, warms: int) -> tuple[float, list[float]]:
-    ids, target = gpt_tokens(1).cuda(), gpt_tokens(2).cuda()
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    model = GPTModel(GPT2_SMALL).cuda()
-    gpt_step(model, ids, target)
-    torch.cuda.synchronize()
-    cold = time.perf_counter() - started
-    warm = []
-    for _ in range(warms):
-        model.zero_grad(set_to_none=True)
-        t = time.perf_counter()
-        gpt_step(model, ids, target)
-        torch.cuda.synchronize()
-        warm.append(time.perf_counter() - t)
-    return cold, warm
 
 
 def main(rounds: int = 3, warms: int = 5) -> None:
     settings = Settings(device="cuda", fused_statistics=False)
     plain_cold, plain_warm, cold, warm, shares = [], [], [], [], []
     with TestClient(create_app(settings)) as client:
-        plain(99, 1)  # kernels and allocator warmed for both
-        client.post("/v1/diagnostics", json=_gpt_request(99))
+        client.post("/v1/diagnostics", json=_gpt_request(99))  # as warm as the plain side
         for rep in range(rounds):
-            c, w = plain(100 + rep, warms)
-            plain_cold.append(c)
-            plain_warm += w
+            plain = gpt_cold_and_warm(100 + rep, warms, "cuda")
+            plain_cold += plain["cold"]
+            plain_warm += plain["warm"]
             t = time.perf_counter()
             client.post("/v1/diagnostics", json=_gpt_request(100 + rep)).raise_for_status()
             cold.append(time.perf_counter() - t)

@@ -50,27 +50,32 @@ def gpt_step(model: nn.Module, ids: torch.Tensor, target: torch.Tensor) -> None:
     nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten()).backward()
 
 
-def gpt_cold_and_warm(seed: int, warm_reps: int) -> dict[str, list[float]]:
-    """Build + forward + backward (cold), then forward + backward again (warm).
+def gpt_cold_and_warm(seed: int, warm_reps: int, device: str = "cpu") -> dict[str, list[float]]:
+    """Build + forward + backward (cold), then forward + backward again (warm), as a user
+    does it on `device` (built on the CPU, then moved).
 
     A first model with another seed goes through the same steps unmeasured, so that the
     process is in the state of a server that has run a model before (allocator, kernels).
     """
-    ids, target = gpt_tokens(1), gpt_tokens(2)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    ids, target = gpt_tokens(1).to(device), gpt_tokens(2).to(device)
     torch.manual_seed(seed + 1)
-    gpt_step(GPTModel(GPT2_SMALL), ids, target)
+    gpt_step(GPTModel(GPT2_SMALL).to(device), ids, target)
     gc.collect()
+    sync()
     started = time.perf_counter()
     torch.manual_seed(seed)
-    model = GPTModel(GPT2_SMALL)
+    model = GPTModel(GPT2_SMALL).to(device)
     built = time.perf_counter()
     gpt_step(model, ids, target)
+    sync()
     cold = time.perf_counter() - started
     warm = []
     for _ in range(warm_reps):
         model.zero_grad(set_to_none=True)
         t = time.perf_counter()
         gpt_step(model, ids, target)
+        sync()
         warm.append(time.perf_counter() - t)
     return {"cold": [cold], "build": [built - started], "warm": warm}
 
