@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     fused_statistics: bool = Field(
         True, description="compile a one-pass statistics kernel (needs a C++ compiler)"
     )
+    malloc_arenas: int = Field(
+        1,
+        ge=0,
+        description="glibc malloc arenas for the process (1: runs on worker threads reuse "
+        "freed memory instead of faulting it in again); 0 leaves glibc's default",
+    )
     model_cache_bytes: int = Field(
         1 << 30, ge=0, description="initial models kept for repeated requests (LRU); 0: none"
     )

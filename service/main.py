@@ -17,6 +17,7 @@ from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
 from service.workers.devices import DevicePolicy
 from service.workers.inprocess import InProcessWorker
+from service.workers.memory import limit_malloc_arenas
 from service.workers.runner import Runner
 
 DESCRIPTION = """\
@@ -48,6 +49,8 @@ def _problem_content_types(schema: dict[str, Any]) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; `settings` defaults to the environment's."""
     settings = settings or get_settings()
+    # Before the worker threads exist: threads created later share the arenas.
+    limit_malloc_arenas(settings.malloc_arenas)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
