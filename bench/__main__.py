@@ -182,12 +182,14 @@ def _plain_gpt(seed: int, warms: int) -> dict[str, list[float]]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def gpt(reps: int = 3, warms: int = 3) -> list[Row]:
+def gpt(reps: int = 4, warms: int = 3) -> list[Row]:
     """Rounds alternate a plain script (a fresh process: build + forward + backward, then
     forward + backward again, and its peak memory) with the server (a request with a new
-    seed, then the same request again)."""
+    seed, then the same request again). Each side has run one model before it is measured
+    (the plain script runs one first; the server gets one request first)."""
     plain_cold, plain_warm, plain_peak, cold, warm, shares = [], [], [], [], [], []
     with Server() as server:
+        Client(server.port).post("/v1/diagnostics", _gpt_request(99))
         for rep in range(reps):
             result = _plain_gpt(100 + rep, warms)
             client = Client(server.port)  # a new connection: the old one idled past keep-alive
