@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from service.diagnostics import statistics
+from service.diagnostics import statistics, tiled
 from service.diagnostics.statistics import summarise
 
 
@@ -99,10 +99,10 @@ def test_stacks_in_reused_memory(monkeypatch):
 # tensors span several rows and most last rows are padded; one matrix per tensor.
 @pytest.mark.parametrize(("tile", "elements"), [(1 << 12, 1 << 26), (7, 1 << 26), (1 << 12, 1)])
 def test_tiled_summary_equals_plain_reductions(monkeypatch, tile, elements):
-    monkeypatch.setattr(statistics, "TILE", tile)
-    monkeypatch.setattr(statistics, "TILED_ELEMENTS", elements)
+    monkeypatch.setattr(tiled, "TILE", tile)
+    monkeypatch.setattr(tiled, "TILED_ELEMENTS", elements)
     inputs = [*tensors(), -torch.arange(1.0, 10.0), torch.arange(1.0, 10.0), torch.empty(0)]
-    results = statistics.summarise_tiled(inputs)
+    results = tiled.summarise_tiled(inputs)
     assert_equal_to_plain_reductions(inputs[:-1], results[:-1])
     assert results[-1]["numel"] == 0 and results[-1]["mean"] is None
 
@@ -110,7 +110,7 @@ def test_tiled_summary_equals_plain_reductions(monkeypatch, tile, elements):
 def test_tiled_summary_of_bfloat16_and_mixed_dtypes():
     g = torch.Generator().manual_seed(2)
     inputs = [torch.randn(5000, generator=g).bfloat16(), torch.randn(3, generator=g).double()]
-    assert_equal_to_plain_reductions(inputs, statistics.summarise_tiled(inputs))
+    assert_equal_to_plain_reductions(inputs, tiled.summarise_tiled(inputs))
 
 
 def test_bfloat16_and_float64_tensors():
