@@ -52,3 +52,12 @@ def test_service_reports_the_fused_kernel(make_client):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert client.get("/readyz").json()["model_cache"]["fused_statistics"] == "ready"
+
+
+def test_side_rows_are_serial_kernel_rows_or_none(fused):
+    x = torch.randn(1, 200_003, generator=torch.Generator().manual_seed(6))
+    side, run = fused.side_rows(x, torch.float64), fused.rows(x, torch.float64)
+    assert side is not None and torch.allclose(side, run, rtol=1e-5)
+    # No eager fallback on a side thread: where the serial kernel cannot answer, None.
+    assert fused.side_rows(x.double(), torch.float64) is None
+    assert Reductions(fused=False).side_rows(x, torch.float64) is None

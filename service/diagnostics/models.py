@@ -172,7 +172,9 @@ def _drawn(
 
     def reduce(param: nn.Parameter) -> None:
         if param.numel() > SEGMENT_LIMIT:
-            rows[id(param)] = reductions.rows(param.detach().reshape(1, -1), torch.float64)
+            row = reductions.side_rows(param.detach().reshape(1, -1), torch.float64)
+            if row is not None:  # else `summarise` below computes it on this thread
+                rows[id(param)] = row
 
     def on_chunk(param: torch.Tensor, part: torch.Tensor) -> None:
         if part.data_ptr() == param.data_ptr():  # its first part: the header goes first
