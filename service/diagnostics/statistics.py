@@ -96,6 +96,7 @@ class Scratch:
     def __init__(self) -> None:
         self._local = threading.local()
 
+    @torch.no_grad()  # `out=` refuses inputs that require grad (layer outputs do)
     def stack(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         first = tensors[0]
         nbytes = len(tensors) * first.numel() * first.element_size()
