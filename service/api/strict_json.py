@@ -47,9 +47,6 @@ class StrictJSONRequest(Request):
                 errors=[FieldError(("body", exc.pos), exc.msg, "json_invalid")],
             ) from None
 
-    async def json(self) -> Any:
-        return self.parsed
-
 
 Binder = Callable[[StrictJSONRequest], Awaitable[Any]]
 
@@ -111,24 +108,17 @@ def direct_handler(
 
 
 class StrictJSONRoute(APIRoute):
-    """Routes with a body parse it with `StrictJSONRequest`; others run unchanged. Where the
-    endpoint's arguments allow it, the route binds them without FastAPI's generic handler
-    (its OpenAPI description is unchanged: it comes from the same signature)."""
+    """Routes with a body parse it with `StrictJSONRequest` and bind their arguments without
+    FastAPI's generic handler (the OpenAPI description is unchanged: it comes from the same
+    signature); routes without a body run unchanged."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
         if self.body_field is None:
-            return handler
+            return super().get_route_handler()
         direct = direct_handler(self.endpoint)
-        if direct is not None:
-            return direct
-
-        async def strict_handler(request: Request) -> Response:
-            strict = StrictJSONRequest(request.scope, request.receive)
-            await strict.load()
-            return await handler(strict)
-
-        return strict_handler
+        if direct is None:  # at start-up, not per request
+            raise TypeError(f"{self.path}: arguments `direct_handler` cannot bind")
+        return direct
 
 
 class BodyLimitMiddleware:

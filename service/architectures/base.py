@@ -29,14 +29,6 @@ class Estimate:
             self.layers + other.layers,
         )
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "parameters": self.parameters,
-            "activation_elements": self.activation_elements,
-            "flops": self.flops,
-            "layers": self.layers,
-        }
-
 
 @dataclass(frozen=True)
 class ModelPlan:

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from service.diagnostics.verdicts import ratio
+
 
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge recursively, `null` deletes, anything else replaces."""
@@ -14,12 +16,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
-
-
-def _ratio(value: float | None, baseline: float | None) -> float | None:
-    if value is None or baseline is None or baseline == 0:
-        return None
-    return value / baseline
 
 
 def _mean_abs(entries: list[dict[str, Any]], stats_key: str) -> dict[str, float | None]:
@@ -37,5 +33,5 @@ def compare(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for run_name, report in runs.items():
             values = _mean_abs(report[section], stats_key)
             for name, reference in baseline.items():
-                ratios[section][name][run_name] = _ratio(values.get(name), reference)
+                ratios[section][name][run_name] = ratio(values.get(name), reference)
     return {"baseline": baseline_name, "runs": runs, "ratios": ratios}

@@ -171,10 +171,9 @@ def _drawn(
     chunked: set[int] = set()  # parameters whose bytes are hashed part by part as drawn
 
     def reduce(param: nn.Parameter) -> None:
-        if param.numel() > SEGMENT_LIMIT:
-            row = reductions.side_rows(param.detach().reshape(1, -1), torch.float64)
-            if row is not None:  # else `summarise` below computes it on this thread
-                rows[id(param)] = row
+        row = reductions.side_rows(param.detach().reshape(1, -1), torch.float64)
+        if row is not None:  # else `summarise` below computes it on this thread
+            rows[id(param)] = row
 
     def on_chunk(param: torch.Tensor, part: torch.Tensor) -> None:
         if part.data_ptr() == param.data_ptr():  # its first part: the header goes first
@@ -188,7 +187,8 @@ def _drawn(
             if id(param) not in chunked:  # not drawn at random (ones, zeros): hashed whole
                 drawn.append(id(param))
                 pending.append(side.submit(digest.update, names[id(param)], param))
-            pending.append(side.submit(reduce, param))
+            if param.numel() > SEGMENT_LIMIT:  # smaller ones: `summarise` on the host
+                pending.append(side.submit(reduce, param))
 
     generator = torch.Generator().manual_seed(plan.request.seed)
     initialise(module, generator, on_initialised, draw_in_chunks(on_chunk))
@@ -266,18 +266,19 @@ class ModelCache:
             return
         with self._lock:
             self._idle[id(model)] = model
-            while sum(m.nbytes for m in self._idle.values()) > self.max_bytes:
-                self._idle.popitem(last=False)
+            self._evict(0)
 
     def _make_room(self, incoming: int) -> None:
         """Evict before building, so that the cache and the model being built together stay
         within the budget (evicting after would hold both at the peak)."""
         with self._lock:
-            while (
-                self._idle
-                and sum(m.nbytes for m in self._idle.values()) + incoming > self.max_bytes
-            ):
-                self._idle.popitem(last=False)
+            self._evict(incoming)
+
+    def _evict(self, incoming: int) -> None:
+        """Least recently used first, until `incoming` more bytes fit; under the lock."""
+        held = sum(m.nbytes for m in self._idle.values())
+        while self._idle and held + incoming > self.max_bytes:
+            held -= self._idle.popitem(last=False)[1].nbytes
 
     @property
     def idle_bytes(self) -> int:

@@ -73,7 +73,7 @@ def _check_generated_ids(payload: Any, classes: int | None, loc: Loc, what: str)
         )
 
 
-def check_budget(estimate: Estimate, elements: int, limits: Limits, loc: Loc) -> None:
+def check_budget(estimate: Estimate, elements: int, limits: Limits) -> None:
     """Refuse with the estimate and the limits when any estimate exceeds its limit."""
     pairs = {
         "parameters": (estimate.parameters, limits.max_parameters),
@@ -120,7 +120,7 @@ def plan_run(
         classes = model.output_shape[-1]
         _check_generated_ids(request.target, classes, (*loc, "target"), "class id")
     elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
-    check_budget(model.estimate, elements, limits, loc)
+    check_budget(model.estimate, elements, limits)
     return RunPlan(
         request=request,
         kind=kind,

@@ -3,9 +3,8 @@
 from collections.abc import Sequence
 from typing import Any
 
-from service.diagnostics.verdicts import LayerSignal
-
-Stats = dict[str, Any]
+from service.diagnostics.columns import Stats
+from service.diagnostics.verdicts import LayerSignal, ratio
 
 
 def weighted_mean(stats: Sequence[Stats], key: str) -> float | None:
@@ -23,16 +22,14 @@ def weighted_mean(stats: Sequence[Stats], key: str) -> float | None:
 def parameter_report(
     name: str, shape: list[int], layer: str | None, grad: Stats | None, value: Stats
 ) -> dict[str, Any]:
-    ratio = None
-    if grad is not None and grad["l2_norm"] is not None and value["l2_norm"]:
-        ratio = grad["l2_norm"] / value["l2_norm"]
+    update_scale = ratio(grad["l2_norm"] if grad else None, value["l2_norm"])
     return {
         "name": name,
         "layer": layer,
         "shape": shape,
         "grad": grad,
         "value": value,
-        "grad_to_value_ratio": ratio,
+        "grad_to_value_ratio": update_scale,
     }
 
 

@@ -63,7 +63,7 @@ def _refusals_as_problems(loc: Loc) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, ValueError, IndexError) as exc:
-        if isinstance(exc.__cause__, Cancelled) or isinstance(exc, Cancelled):
+        if isinstance(exc.__cause__, Cancelled):  # raised by a hook inside backward()
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         logger.warning("run refused by torch: %s", message)

@@ -11,9 +11,14 @@ from service.errors import InvalidRequest, Loc
 SEED_AXIS = "seed"
 
 
+def path_keys(path: str) -> tuple[str | int, ...]:
+    """The keys of a dotted path: digits index lists, anything else names a field."""
+    return tuple(int(k) if k.isdigit() else k for k in path.split("."))
+
+
 def set_path(document: dict[str, Any], path: str, value: Any, loc: Loc) -> dict[str, Any]:
     """A copy of `document` with `value` at the dotted `path` (objects created as needed)."""
-    keys: list[str | int] = [int(k) if k.isdigit() else k for k in path.split(".")]
+    keys = path_keys(path)
     root: dict[str, Any] = dict(document)
     node: Any = root
     for depth, key in enumerate(keys):
@@ -88,19 +93,22 @@ def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
 def across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group runs by every axis but `seed`; per layer name, mean and std across seeds."""
     groups: dict[str, list[dict[str, Any]]] = {}
+    others: dict[str, dict[str, Any]] = {}
     for run in runs:
-        others = {k: v for k, v in run["axes"].items() if k != SEED_AXIS}
-        groups.setdefault(repr(sorted(others.items())), []).append(run)
+        axes = {k: v for k, v in run["axes"].items() if k != SEED_AXIS}
+        key = repr(sorted(axes.items()))
+        groups.setdefault(key, []).append(run)
+        others.setdefault(key, axes)
     summaries = []
-    for members in groups.values():
-        names = [layer["name"] for layer in members[0]["layers"]]
+    for key, members in groups.items():
+        by_name = [{layer["name"]: layer for layer in m["layers"]} for m in members]
         per_name = {
-            name: [next((x for x in m["layers"] if x["name"] == name), None) for m in members]
-            for name in names
+            layer["name"]: [layers.get(layer["name"]) for layers in by_name]
+            for layer in members[0]["layers"]
         }
         summaries.append(
             {
-                "axes": {k: v for k, v in members[0]["axes"].items() if k != SEED_AXIS},
+                "axes": others[key],
                 "seeds": [m["axes"][SEED_AXIS] for m in members],
                 "first_to_last_ratio": _mean_std([m["first_to_last_ratio"] for m in members]),
                 "layers": [

@@ -15,8 +15,6 @@ from service.schemas.tensors import (
     UniformTensor,
 )
 
-_NUMBER = (int, float)
-
 
 def probe_shape(payload: Any, loc: Loc) -> Shape:
     """The shape a payload claims, following first elements only: O(depth), not O(size)."""

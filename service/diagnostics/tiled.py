@@ -7,6 +7,7 @@ after one transfer.
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,20 +42,44 @@ def _batches(sizes: Sequence[int]) -> list[range]:
     return [*batches, range(start, len(sizes))]
 
 
-def _tiled_rows(tensors: Sequence[torch.Tensor], acc: torch.dtype) -> tuple[torch.Tensor, int]:
-    """Per-row (l1, l2², sum, min, max, zeros) of the tensors laid out as rows of
-    TILE elements, each tensor starting a new row and its last row padded with zeros; then
-    the min and max of the padded rows again without their padding. Returns the flat
-    partials and the number of full-matrix rows."""
-    rows = [-(-t.numel() // TILE) or 1 for t in tensors]
-    pads = [r * TILE - t.numel() for r, t in zip(rows, tensors, strict=True)]
-    padding = tensors[0].new_zeros(max(pads), dtype=tensors[0].dtype)
+@dataclass(frozen=True)
+class _Layout:
+    """Where the tensors of one matrix lie: each starts a row of TILE elements, and its last
+    row is padded with zeros."""
+
+    sizes: np.ndarray  # elements per tensor
+    pads: np.ndarray  # zeros after each tensor
+    ends: np.ndarray  # each tensor's last row
+    rows: int  # rows of the matrix
+
+    @classmethod
+    def of(cls, sizes: Sequence[int]) -> "_Layout":
+        counts = np.asarray(sizes, dtype=np.int64)
+        rows = np.maximum(-(-counts // TILE), 1)
+        ends = np.cumsum(rows) - 1
+        return cls(counts, rows * TILE - counts, ends, int(rows.sum()))
+
+    @property
+    def padded(self) -> np.ndarray:
+        """The last rows that hold padding."""
+        return self.ends[self.pads > 0]
+
+    @property
+    def partials(self) -> int:
+        """Numbers `_tiled_rows` returns: six per row, then min and max per padded row."""
+        return self.rows * 6 + 2 * len(self.padded)
+
+
+def _tiled_rows(tensors: Sequence[torch.Tensor], layout: _Layout, acc: torch.dtype) -> torch.Tensor:
+    """Per-row (l1, l2², sum, min, max, zeros) of the tensors laid out as `layout` says; then
+    the min and max of the padded rows again without their padding. Flat, in `acc`."""
+    padding = tensors[0].new_zeros(int(layout.pads.max()), dtype=tensors[0].dtype)
     pieces = []
-    for t, pad in zip(tensors, pads, strict=True):
+    for t, pad in zip(tensors, layout.pads.tolist(), strict=True):
         pieces.append(t.reshape(-1))
         if pad:
             pieces.append(padding[:pad])
-    m = torch.cat(pieces).view(-1, TILE)  # (sum(rows), TILE); cat promotes mixed dtypes
+    m = torch.cat(pieces).view(-1, TILE)  # (layout.rows, TILE); cat promotes mixed dtypes
     if m.dtype not in (torch.float32, torch.float64):
         m = m.float()
     low, high = torch.aminmax(m, dim=1)
@@ -63,40 +88,36 @@ def _tiled_rows(tensors: Sequence[torch.Tensor], acc: torch.dtype) -> tuple[torc
     l1, l2 = (torch.linalg.vector_norm(m, order, dim=1) for order in (1, 2))
     zeros = m.shape[1] - torch.count_nonzero(m, dim=1)
     parts = [l1, l2.square(), m.sum(1), low, high, zeros]
-    ends = np.cumsum(rows) - 1
-    padded = [int(end) for end, pad in zip(ends, pads, strict=True) if pad]
     flat = torch.stack([p.to(acc) for p in parts], dim=1).reshape(-1)
-    if not padded:
-        return flat, len(m)
-    index = torch.tensor(padded, device=m.device)
-    kept = TILE - torch.tensor([pad for pad in pads if pad], device=m.device)
+    if not len(layout.padded):
+        return flat
+    index = torch.tensor(layout.padded, device=m.device)
+    kept = torch.tensor(TILE - layout.pads[layout.pads > 0], device=m.device)
     inside = torch.arange(TILE, device=m.device) < kept[:, None]
     last = m.index_select(0, index)
     fixed = torch.stack(
         [last.masked_fill(~inside, math.inf).amin(1), last.masked_fill(~inside, -math.inf).amax(1)]
     )
-    return torch.cat([flat, fixed.to(acc).reshape(-1)]), len(m)
+    return torch.cat([flat, fixed.to(acc).reshape(-1)])
 
 
-def _tiled_columns(sizes: list[int], host: np.ndarray, matrix_rows: int) -> np.ndarray:
-    """(8, n) columns from one matrix's partials (see `_tiled_rows`), combined per tensor."""
-    rows = [-(-size // TILE) or 1 for size in sizes]
-    pads = np.asarray(rows) * TILE - np.asarray(sizes)
-    partials = host[: matrix_rows * 6].reshape(matrix_rows, 6).copy()
-    ends = np.cumsum(rows) - 1
-    fixed = host[matrix_rows * 6 :].reshape(2, -1)
-    partials[ends[pads > 0], MIN] = fixed[0]
-    partials[ends[pads > 0], MAX] = fixed[1]
-    starts = np.concatenate(([0], ends[:-1] + 1))
+def _tiled_columns(layout: _Layout, host: np.ndarray) -> np.ndarray:
+    """(8, n) columns from one matrix's partials (see `_tiled_rows`), combined per tensor.
+    The NaN/Inf column is -1: derived from l1 by `nonfinite_counts`."""
+    partials = host[: layout.rows * 6].reshape(layout.rows, 6).copy()
+    fixed = host[layout.rows * 6 :].reshape(2, -1)
+    partials[layout.padded, MIN] = fixed[0]
+    partials[layout.padded, MAX] = fixed[1]
+    starts = np.concatenate(([0], layout.ends[:-1] + 1))
     sums = np.add.reduceat(partials[:, [L1, L2SQ, SUM, ZEROS]], starts)
     return np.stack(
         [
             *sums[:, :3].T,
             np.minimum.reduceat(partials[:, MIN], starts),
             np.maximum.reduceat(partials[:, MAX], starts),
-            sums[:, 3] - pads,  # the padding's zeros
-            np.full(len(sizes), -1.0),  # NaN/Inf: derived from l1 (`_nonfinite_counts`)
-            np.asarray(sizes, dtype=np.float64),
+            sums[:, 3] - layout.pads,  # the padding's zeros
+            np.full(len(layout.sizes), -1.0),
+            layout.sizes.astype(np.float64),
         ]
     )
 
@@ -108,28 +129,18 @@ def summarise_tiled(tensors: Sequence[torch.Tensor]) -> list[Stats]:
     if not tensors:
         return []
     acc = accumulation_dtype(tensors[0].device)
-    sizes = [t.numel() for t in tensors]
-    batches = _batches(sizes)
-    partials = [_tiled_rows([tensors[i] for i in batch], acc) for batch in batches]
-    host = torch.cat([flat for flat, _ in partials]).cpu().numpy()  # one transfer
-    with np.errstate(all="ignore"):
-        return stats_from_columns(_combined(tensors, sizes, batches, partials, host))
-
-
-def _combined(
-    tensors: Sequence[torch.Tensor],
-    sizes: list[int],
-    batches: list[range],
-    partials: list[tuple[torch.Tensor, int]],
-    host: np.ndarray,
-) -> np.ndarray:
-    """(8, n) columns of all tensors from the partials of their matrices."""
+    batches = _batches([t.numel() for t in tensors])
+    layouts = [_Layout.of([tensors[i].numel() for i in batch]) for batch in batches]
+    flats = [
+        _tiled_rows([tensors[i] for i in batch], layout, acc)
+        for batch, layout in zip(batches, layouts, strict=True)
+    ]
+    host = torch.cat(flats).cpu().numpy()  # one transfer
     columns, offset = [], 0
-    for batch, (flat, matrix_rows) in zip(batches, partials, strict=True):
-        own = _tiled_columns(
-            [sizes[i] for i in batch], host[offset : offset + len(flat)], matrix_rows
-        )
-        own[NONFINITE] = nonfinite_counts([tensors[i] for i in batch], own.T)
-        columns.append(own)
-        offset += len(flat)
-    return np.concatenate(columns, axis=1)
+    with np.errstate(all="ignore"):
+        for batch, layout in zip(batches, layouts, strict=True):
+            own = _tiled_columns(layout, host[offset : offset + layout.partials])
+            own[NONFINITE] = nonfinite_counts([tensors[i] for i in batch], own.T)
+            columns.append(own)
+            offset += layout.partials
+        return stats_from_columns(np.concatenate(columns, axis=1))

@@ -28,7 +28,8 @@ class Verdicts:
     findings: list[str]
 
 
-def _ratio(value: float | None, reference: float | None) -> float | None:
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """value / reference, or None where either is missing or the reference is 0."""
     if value is None or reference is None or reference == 0:
         return None
     return value / reference
@@ -41,8 +42,8 @@ def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Threshol
     relative: list[float | None] = []
     findings: list[str] = []
     for signal in layers:
-        ratio = _ratio(signal.metric, reference)
-        relative.append(ratio)
+        relative_to_last = ratio(signal.metric, reference)
+        relative.append(relative_to_last)
         if signal.nonfinite:
             verdict = "non_finite"
             findings.append(f"{signal.name}: NaN or infinite values in its output or gradients")
@@ -52,25 +53,24 @@ def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Threshol
                 f"{signal.name}: {signal.zero_fraction:.1%} of its gradient is exactly zero "
                 f"(dead above {thresholds.dead_fraction:.0%})"
             )
-        elif ratio is not None and ratio < thresholds.vanishing:
+        elif relative_to_last is not None and relative_to_last < thresholds.vanishing:
             verdict = "vanishing"
             findings.append(
-                f"{signal.name}: gradient {ratio:.3g}x the last layer's "
+                f"{signal.name}: gradient {relative_to_last:.3g}x the last layer's "
                 f"(vanishing below {thresholds.vanishing:g}x)"
             )
-        elif ratio is not None and ratio > thresholds.exploding:
+        elif relative_to_last is not None and relative_to_last > thresholds.exploding:
             verdict = "exploding"
             findings.append(
-                f"{signal.name}: gradient {ratio:.3g}x the last layer's "
+                f"{signal.name}: gradient {relative_to_last:.3g}x the last layer's "
                 f"(exploding above {thresholds.exploding:g}x)"
             )
         else:
             verdict = "healthy"
         per_layer.append(verdict)
-    if not loss_finite:
-        findings.insert(0, "the loss is NaN or infinite")
     overall = min(per_layer, key=SEVERITY.index, default="healthy")
     if not loss_finite:
+        findings.insert(0, "the loss is NaN or infinite")
         overall = "non_finite"
     first_to_last = relative[0] if relative else None
     if overall == "healthy" and layers:

@@ -92,7 +92,8 @@ class GPTSpec(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
-        missing = [k for k in GPT_CONFIG_KEYS if self.config().get(k) is None]
+        config = self.config()
+        missing = [k for k in GPT_CONFIG_KEYS if config.get(k) is None]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}: give them or a preset")
         return self
@@ -105,3 +106,4 @@ class GPTSpec(StrictModel):
 
 
 ModelSpec = Annotated[MLPSpec | SequentialSpec | GPTSpec, Field(discriminator="kind")]
+MODEL_SPECS: tuple[type[StrictModel], ...] = ModelSpec.__origin__.__args__  # type: ignore[attr-defined]

@@ -1,5 +1,6 @@
 """Plans requests against the settings and hands them to the worker."""
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -8,7 +9,7 @@ from pydantic import ValidationError
 from service.config import Settings
 from service.diagnostics.compare import merge_patch
 from service.diagnostics.plan import RunPlan, plan_run
-from service.diagnostics.sweep import expand
+from service.diagnostics.sweep import expand, path_keys
 from service.errors import (
     BudgetExceeded,
     FieldError,
@@ -31,7 +32,7 @@ def _at_axis_values(error: GradiagError, request: SweepRequest, choice: tuple[in
     for field in error.errors:
         loc = field.loc
         for index, (axis, value_index) in enumerate(zip(request.axes, choice, strict=True)):
-            keys = tuple(int(k) if k.isdigit() else k for k in axis.path.split("."))
+            keys = path_keys(axis.path)
             if loc[len(BASE) : len(BASE) + len(keys)] == keys:
                 rest = loc[len(BASE) + len(keys) :]
                 loc = ("body", "axes", index, "values", value_index, *rest)
@@ -93,9 +94,7 @@ class Runner:
         return CompareTask(plans)
 
     def plan_sweep(self, request: SweepRequest) -> SweepTask:
-        count = 1
-        for axis in request.axes:
-            count *= len(axis.values)
+        count = math.prod(len(axis.values) for axis in request.axes)
         limit = self.settings.limits.max_sweep_runs
         if count > limit:
             raise BudgetExceeded(

@@ -1,52 +1,22 @@
 """Diagnostics runs: one model, or a base and its variants."""
 
-import asyncio
-from collections.abc import Awaitable
-from typing import Any
-
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import RunnerDep
-from service.api.problems import problem_responses
+from service.api.runs import RUN_ERRORS, json_response, until_disconnected
 from service.api.strict_json import StrictJSONRoute
-from service.errors import ClientClosed
 from service.schemas.reports import CompareReport, DiagnosticsReport
 from service.schemas.requests import CompareRequest, DiagnosticsRequest
 
 router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=StrictJSONRoute)
-
-_ERRORS = problem_responses(400, 413, 415, 422, 429, 500, 503, 504)
-
-
-async def _disconnected(request: Request) -> None:
-    # The body is read, so the next message is the client leaving (or the response ending).
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Await `work`, cancelling it if the client disconnects first (freeing its slot)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        watcher.cancel()
-        return task.result()
-    task.cancel()
-    raise ClientClosed("the client disconnected; its run was cancelled")
-
-
-def json_response(report: dict[str, Any]) -> Response:
-    return Response(orjson.dumps(report), media_type="application/json")
 
 
 @router.post(
     "",
     operation_id="run_diagnostics",
     response_model=DiagnosticsReport,
-    responses=_ERRORS,
+    responses=RUN_ERRORS,
     summary="Diagnose gradient flow in one model",
 )
 async def run_diagnostics(
@@ -70,7 +40,7 @@ async def run_diagnostics(
     "/compare",
     operation_id="compare_diagnostics",
     response_model=CompareReport,
-    responses=_ERRORS,
+    responses=RUN_ERRORS,
     summary="Diagnose variants of a model side by side",
 )
 async def compare_diagnostics(

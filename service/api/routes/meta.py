@@ -16,18 +16,15 @@ from service.diagnostics.models import DTYPES
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import NotReady
 from service.schemas.layers import LAYER_SPECS
-from service.schemas.models import GPT_PRESETS, GPTSpec, MLPSpec, SequentialSpec
+from service.schemas.models import GPT_PRESETS, MODEL_SPECS
 from service.schemas.reports import Stats
 from service.schemas.requests import Thresholds
 from service.schemas.tensors import TensorGenerator
 
 router = APIRouter(tags=["service"])
 
-_SPEC_MODELS: dict[str, type[BaseModel]] = {
-    "mlp": MLPSpec,
-    "sequential": SequentialSpec,
-    "gpt": GPTSpec,
-}
+# The model kinds' spec classes, by the value of their `kind` field.
+_SPEC_MODELS = {spec.model_fields["kind"].annotation.__args__[0]: spec for spec in MODEL_SPECS}  # type: ignore[union-attr]
 _MODEL_SCHEMAS = {kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS}
 _GENERATOR_SCHEMA = TypeAdapter(TensorGenerator).json_schema()
 

@@ -4,8 +4,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import RunnerDep
-from service.api.problems import problem_responses
-from service.api.routes.diagnostics import json_response, until_disconnected
+from service.api.runs import RUN_ERRORS, json_response, until_disconnected
 from service.api.strict_json import StrictJSONRoute
 from service.schemas.sweeps import SweepReport, SweepRequest
 
@@ -16,7 +15,7 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], route_class=StrictJSONR
     "",
     operation_id="run_sweep",
     response_model=SweepReport,
-    responses=problem_responses(400, 413, 415, 422, 429, 500, 503, 504),
+    responses=RUN_ERRORS,
     summary="Run a request over a grid of values",
 )
 async def run_sweep(body: SweepRequest, request: Request, runner: RunnerDep) -> Response:
