@@ -1,8 +1,8 @@
 """Statistics on an accelerator, where the cost is the number of kernel launches, not the
-bytes (a few microseconds each, against 0.15 ms to read a 124M-parameter model's gradients on
-an H200): every tensor is copied into the rows of one padded matrix, reduced row by row in
-a dozen launches whatever the number of tensors, and the rows are combined on the host
-after one transfer.
+bytes (on an H200: 8.5 µs of CPU per launch; per-tensor reductions of gpt2-small's 161
+gradients took 95 ms, this path 6-7 ms of which 2.7 ms GPU time): every tensor is copied
+into the rows of one padded matrix, reduced row by row in a dozen launches whatever the
+number of tensors, and the rows are combined on the host after one transfer.
 """
 
 import math

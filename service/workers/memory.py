@@ -2,8 +2,8 @@
 
 glibc gives each thread that allocates its own arena. Runs happen on worker threads, and
 there they were slower than the same code on the main thread: a gpt2-small cold run took
-1.47-1.93 s on a pool thread against 1.30-1.38 s on the main thread, and with one arena
-1.33-1.39 s on either (this project's 2-core machine). The likely cause is that a thread
+1.47-1.93 s on a pool thread against 1.30-1.38 s on the main thread, and 1.30-1.37 s on a
+pool thread with one arena (this project's 2-core machine). The likely cause is that a thread
 arena gives freed memory back sooner than the main one, so that each run faults its
 activations in again; the measurement, not the cause, is what this setting rests on.
 """
