@@ -306,7 +306,7 @@ def test_gpt_matches_the_course_code(client, name):
     assert report["output_shape"] == [2, tokens, cfg["vocab_size"]]
 
 
-def test_gpt_initial_weights_are_the_course_weights(client):
+def test_gpt_initial_weights_are_the_course_weights():
     from service.architectures.init import build_seeded
     from service.architectures.modules import GPTModel as ServiceGPT
     from service.schemas.models import GPT_PRESETS
@@ -329,7 +329,7 @@ def test_gelu_activations_differ_in_the_fourth_digit(client):
     tanh = diagnose(client, base)
     erf = diagnose(client, {**base, "model": {**base["model"], "activation": "gelu"}})
     a, b = tanh["parameters"][0]["grad"]["mean_abs"], erf["parameters"][0]["grad"]["mean_abs"]
-    assert a != b and abs(a - b) / a < 1e-2
+    assert 1e-4 < abs(a - b) / a < 1e-3  # measured: 7.7e-4
 
 
 @pytest.mark.parametrize("chunk", [16, 48, 1 << 22])
