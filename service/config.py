@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
     fused_statistics: bool = Field(
-        True, description="compile a one-pass statistics kernel (needs a C++ compiler)"
+        True, description="compile the native statistics kernel at start-up (needs gcc)"
     )
     malloc_arenas: int = Field(
         1,

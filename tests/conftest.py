@@ -10,10 +10,9 @@ from service.main import create_app
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Test settings: the CPU, and the eager statistics kernels unless a test asks for the
-    fused one (compiling it takes seconds per process; tests/test_reductions.py covers it)."""
+    """Test settings: the CPU; otherwise the defaults (the native statistics kernel where
+    gcc is; tests/test_statistics.py checks the eager path)."""
     limits = overrides.pop("limits", {})
-    overrides.setdefault("fused_statistics", False)
     return Settings(device="cpu", limits=Limits(**limits), **overrides)
 
 

@@ -1,11 +1,14 @@
 """Dozens of random mlp specs against the plain-PyTorch reference (tests/reference.py)."""
 
 import random
+from collections.abc import Iterator
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
-from tests.conftest import close
+from service.main import create_app
+from tests.conftest import close, make_settings
 from tests.reference import run_mlp
 
 ACTIVATIONS = ["gelu_tanh", "gelu", "relu", "leaky_relu", "elu", "tanh", "sigmoid", "silu",
@@ -157,3 +160,17 @@ def test_largest_seed_is_accepted_and_deterministic(client):
     target = torch.tensor(case["target"]) if case.get("target") is not None else None
     _, loss, _ = run_mlp(case["model"], 2**64 - 1, inputs, target, case["loss"])
     assert close(first["loss"], loss.item())
+
+
+@pytest.fixture(scope="module")
+def eager_client() -> Iterator[TestClient]:
+    settings = make_settings(fused_statistics=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.mark.parametrize("index", range(0, 48, 6))
+def test_random_mlp_matches_plain_pytorch_with_eager_statistics(eager_client, index):
+    """The statistics path of a process without gcc (the default client runs the native one)."""
+    assert eager_client.get("/readyz").json()["model_cache"]["fused_statistics"] == "off"
+    test_random_mlp_matches_plain_pytorch(eager_client, index)

@@ -4,7 +4,6 @@ Every path reduces each tensor to one row of eight numbers (l1, l2², sum, min, 
 NaN/Inf, numel); `stats_from_columns` turns them into the reported statistics.
 """
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,21 +47,35 @@ def stats_from_columns(columns: np.ndarray) -> list[Stats]:
     derived[bad] = np.nan
     any_bad = bad.any(axis=1).tolist()
     counts, sizes = nonfinite.astype(np.int64).tolist(), numel.astype(np.int64).tolist()
-    stats = []
-    for row, flagged, count, size in zip(derived.tolist(), any_bad, counts, sizes, strict=True):
-        entry = dict(zip(_KEYS, row, strict=True))
+    stats: list[Stats] = [
+        {
+            "mean_abs": mean_abs,
+            "l2_norm": l2_norm,
+            "rms": rms,
+            "max_abs": max_abs,
+            "mean": mean_,
+            "std": std,
+            "min": low_,
+            "max": high_,
+            "zero_fraction": zero_fraction,
+            "nonfinite_count": count,
+            "numel": size,
+        }
+        for (mean_abs, l2_norm, rms, max_abs, mean_, std, low_, high_, zero_fraction), count, size
+        in zip(derived.tolist(), counts, sizes, strict=True)
+    ]  # fmt: skip
+    for entry, flagged in zip(stats, any_bad, strict=True):
         if flagged:
             entry.update((k, None) for k in _KEYS if entry[k] != entry[k])  # NaN
-        entry["nonfinite_count"], entry["numel"] = count, size
-        stats.append(entry)
     return stats
 
 
-def nonfinite_counts(tensors: Sequence[torch.Tensor], rows: np.ndarray) -> list[float]:
-    # A finite absolute sum means every element is finite; only the rest are counted.
-    return [
-        count if count >= 0 else 0 if math.isfinite(l1) else int((~torch.isfinite(t)).sum())
-        for t, l1, count in zip(
-            tensors, rows[:, L1].tolist(), rows[:, NONFINITE].tolist(), strict=True
-        )
-    ]
+def nonfinite_counts(tensors: Sequence[torch.Tensor], rows: np.ndarray) -> np.ndarray:
+    """The NaN/Inf column of `rows`, where -1 is derived: a finite absolute sum means every
+    element is finite; only the rest are counted."""
+    counts = rows[:, NONFINITE].copy()
+    derive = counts < 0
+    counts[derive] = 0
+    for i in np.flatnonzero(derive & ~np.isfinite(rows[:, L1])).tolist():
+        counts[i] = int((~torch.isfinite(tensors[i])).sum())
+    return counts

@@ -162,7 +162,9 @@ def _drawn(
     if dtype != torch.float32:
         module, generator = build_seeded(factory, plan.request.seed)
         module = module.to(dtype=dtype)
-        values = summarise(list(module.parameters()), reductions.rows, stack=reductions.stack)
+        values = summarise(
+            list(module.parameters()), reductions.tensor_rows, stack=reductions.stack
+        )
         return module, generator, hash_parameters(module), values
     module = materialise(factory)
     named = list(module.named_parameters())
@@ -171,7 +173,7 @@ def _drawn(
     chunked: set[int] = set()  # parameters whose bytes are hashed part by part as drawn
 
     def reduce(param: nn.Parameter) -> None:
-        row = reductions.side_rows(param.detach().reshape(1, -1), torch.float64)
+        row = reductions.side_rows(param)
         if row is not None:  # else `summarise` below computes it on this thread
             rows[id(param)] = row
 
@@ -194,7 +196,7 @@ def _drawn(
     initialise(module, generator, on_initialised, draw_in_chunks(on_chunk))
     for future in pending:
         future.result()  # in order; re-raises what failed on the side
-    values = summarise([p for _, p in named], reductions.rows, rows, reductions.stack)
+    values = summarise([p for _, p in named], reductions.tensor_rows, rows, reductions.stack)
     if drawn != [id(p) for _, p in named]:  # shared or redrawn: hash the final values
         return module, generator, hash_parameters(module), values
     return module, generator, digest.hexdigest(), values

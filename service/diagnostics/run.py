@@ -148,7 +148,9 @@ def _diagnose(
     output_grads = [t.grad if t is not None else None for t in outputs]
     present = [t for t in (*param_grads, *outputs, *output_grads) if t is not None]
     stats = iter(
-        summarise([loss.detach().reshape(1), *present], reductions.rows, stack=reductions.stack)
+        summarise(
+            [loss.detach().reshape(1), *present], reductions.tensor_rows, stack=reductions.stack
+        )
     )
     loss_value = next(stats)["mean"]
     grad_stats = [next(stats) if g is not None else None for g in param_grads]

@@ -1,12 +1,14 @@
 """Summary statistics of many tensors in a few batched reductions and one host transfer.
 
-Small tensors (biases, norms, the layers of small models) are concatenated on their device,
+On the CPU, the native kernel (`service.diagnostics.reductions`) reads each tensor once, all
+in one call. Where it is not available (no compiler, a dtype it lacks), the eager path:
+small tensors (biases, norms, the layers of small models) are concatenated on their device,
 copied to the host in one piece with the rows of the others, and reduced per segment there
 with numpy's `reduceat` (a handful of vectorised calls for any number of tensors). Larger
 tensors are reduced on their device in groups of equal size, stacked into one matrix
 reduced row by row (one call per group: a deep stack of equal layers costs one call, not
-one per layer); the largest, one at a time, without copies. Their NaN/Inf count is derived
-from the absolute sum and only counted when that sum is not finite.
+one per layer); the largest, one at a time, without copies. On both paths the NaN/Inf count
+is derived from the absolute sum and only counted when that sum is not finite.
 
 On an accelerator `summarise` hands over to `service.diagnostics.tiled`.
 """
@@ -39,8 +41,8 @@ STACK_LIMIT = 1 << 16
 # Elements of one stack at most, to bound the copy (and `Scratch`'s buffer).
 STACK_ELEMENTS = 1 << 22
 
-# (k, n) matrix, accumulation dtype -> (k, 8) rows
-LargeRows = Callable[[torch.Tensor, torch.dtype], torch.Tensor]
+# tensors -> (n, 8) float64 rows in the layout of `columns`, or None where it cannot
+NativeRows = Callable[[Sequence[torch.Tensor]], np.ndarray | None]
 
 CHUNK = 1 << 20
 
@@ -149,45 +151,72 @@ def _segment_columns(flat: np.ndarray, counts: list[int]) -> np.ndarray:
 @torch.no_grad()
 def summarise(
     tensors: Sequence[torch.Tensor],
-    large_rows: LargeRows = eager_rows,
-    known: Mapping[int, torch.Tensor] | None = None,
+    native: NativeRows | None = None,
+    known: Mapping[int, np.ndarray] | None = None,
     stack: Stack = stack_rows,
 ) -> list[Stats]:
     """Statistics of every tensor, in order. All tensors must share one device.
 
-    `large_rows` reduces a matrix row by row (see `Reductions` for a fused kernel); `known`
-    holds rows already computed, by `id` of their tensor; `stack` makes the matrix of
-    equal-sized tensors (`Scratch.stack` reuses its memory).
+    `native` reduces a list of tensors in one call (`Reductions.tensor_rows`), the eager
+    kernels below where it cannot; `known` holds rows already computed (as `native` returns
+    them), by `id` of their tensor; `stack` makes the eager path's matrices of equal-sized
+    tensors (`Scratch.stack` reuses its memory).
     """
     if not tensors:
         return []
     if tensors[0].device.type != "cpu":
         return summarise_tiled(tensors)
     known = known or {}
+    computed = [i for i, t in enumerate(tensors) if id(t) not in known] if known else None
+    chosen = tensors if computed is None else [tensors[i] for i in computed]
+    rows = native(chosen) if native is not None else None
+    if rows is None:
+        return _eager_summary(tensors, computed, known, stack)
+    if computed is not None:
+        rows_of_computed, rows = rows, np.empty((len(tensors), 8))
+        rows[computed] = rows_of_computed
+        for i, t in enumerate(tensors):
+            if id(t) in known:
+                rows[i] = known[id(t)]
+    with np.errstate(all="ignore"):
+        rows[:, NONFINITE] = nonfinite_counts(tensors, rows)
+        return stats_from_columns(rows.T)
+
+
+def _eager_summary(
+    tensors: Sequence[torch.Tensor],
+    computed: list[int] | None,
+    known: Mapping[int, np.ndarray],
+    stack: Stack,
+) -> list[Stats]:
+    """Tiny tensors reduced per segment on the host; larger ones stacked by size and reduced
+    on their device, one call per stack (or per tensor, the largest), then one transfer."""
     acc = accumulation_dtype(tensors[0].device)
     sizes = [t.numel() for t in tensors]
-    small = [i for i, size in enumerate(sizes) if size <= SEGMENT_LIMIT]
-    large = [i for i, size in enumerate(sizes) if size > SEGMENT_LIMIT]
-    computed = [i for i in large if id(tensors[i]) not in known]
+    computed = list(range(len(tensors))) if computed is None else computed
+    small = [i for i in computed if sizes[i] <= SEGMENT_LIMIT]
+    large = [i for i in computed if sizes[i] > SEGMENT_LIMIT]
     order, parts = [], []
-    for members, matrix in _groups(tensors, computed, stack):
+    for members, matrix in _groups(tensors, large, stack):
         order += members
-        parts.append(large_rows(matrix, acc).reshape(-1))
-    order += [i for i in large if id(tensors[i]) in known]
-    parts += [known[id(tensors[i])].to(acc).reshape(-1) for i in order[len(computed) :]]
+        parts.append(eager_rows(matrix, acc).reshape(-1))
     if small:
         # One C++ call flattens and concatenates them all (what DDP uses for its buckets).
         parts.insert(0, _flatten_dense_tensors([tensors[i] for i in small]).to(acc))
-    host = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().numpy()  # one transfer
+    host = torch.cat(parts).cpu().numpy() if parts else np.empty(0)  # one transfer
     counts = [sizes[i] for i in small]
+    done = [i for i in range(len(tensors)) if id(tensors[i]) in known]
+    rows = host[sum(counts) :].reshape(len(order), 8)
+    if done:
+        rows = np.concatenate([rows, [known[id(tensors[i])] for i in done]])
+        order += done
     columns = []
     with np.errstate(all="ignore"):
         if small:
             columns.append(_segment_columns(host[: sum(counts)], counts))
-        if large:
-            rows = host[sum(counts) :].reshape(len(order), 8)
+        if order:
             rows[:, NONFINITE] = nonfinite_counts([tensors[i] for i in order], rows)
-            columns.append(rows.T)  # (l1, l2², sum, min, max, zeros, NaN/Inf, numel)
+            columns.append(rows.T)
         stats = stats_from_columns(
             np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
         )

@@ -63,8 +63,9 @@ class InProcessWorker:
     async def start(self) -> None:
         torch.set_num_threads(self._torch_threads)
         reductions = Reductions(fused=self._fused_statistics)
-        # Compiling the fused statistics kernel takes seconds: eager kernels serve meanwhile.
-        threading.Thread(target=reductions.warm_up, name="gradiag-compile", daemon=True).start()
+        # Before the first request (a fraction of a second), so that every run of the process
+        # goes through the same statistics kernel.
+        await asyncio.to_thread(reductions.warm_up)
         # A FIFO side thread for work that overlaps a run's sequential parts (hashing the
         # weights already drawn while the next ones are).
         self._side = ThreadPoolExecutor(1, thread_name_prefix="gradiag-side")

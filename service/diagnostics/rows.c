@@ -1,0 +1,126 @@
+/* The statistics kernel: (l1, l2², sum, min, max, zeros) of many tensors in one pass over
+ * each, without copying them. Compiled at start-up by service/diagnostics/reductions.py
+ * (gcc -O3 -march=native -fopenmp) and called through ctypes, which releases the GIL.
+ *
+ * Each tensor is cut into pieces of at most PIECE elements; the pieces of all tensors are
+ * spread over the OpenMP threads (torch's own team: libgomp.so.1 is already loaded by
+ * torch) and their partial rows combined per tensor. Within a piece, blocks of BLOCK
+ * elements are reduced with vectorised accumulators, then added to the piece's.
+ *
+ * min/max ignore NaN here; the caller makes them NaN where l1 is NaN, as torch.amin does.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define PIECE (1 << 15)
+#define BLOCK 1024
+#define PARALLEL_MIN_ELEMENTS (1 << 16)
+
+typedef struct {
+    double l1, l2, sum, lo, hi, zeros;
+} Partial;
+
+/* Sums in double (float32 sums of cancelling values lose the mean); min, max and the zero
+ * count in the tensor's type, which is exact. */
+#define PIECE_KERNEL(NAME, T)                                                  \
+    static Partial NAME(const T *x, int64_t n) {                                    \
+        Partial p = {0, 0, 0, INFINITY, -INFINITY, 0};                              \
+        for (int64_t start = 0; start < n; start += BLOCK) {                        \
+            int64_t end = start + BLOCK < n ? start + BLOCK : n;                    \
+            double a = 0, b = 0, c = 0;                                             \
+            T z = 0, lo = INFINITY, hi = -INFINITY;                                 \
+            _Pragma("omp simd reduction(+ : a, b, c, z) reduction(min : lo) reduction(max : hi)") \
+            for (int64_t i = start; i < end; i++) {                                 \
+                T v = x[i];                                                         \
+                double w = v;                                                       \
+                a += fabs(w);                                                       \
+                b += w * w;                                                         \
+                c += w;                                                             \
+                z += v == 0 ? 1 : 0;                                                \
+                lo = lo < v ? lo : v;                                               \
+                hi = hi > v ? hi : v;                                               \
+            }                                                                       \
+            p.l1 += a;                                                              \
+            p.l2 += b;                                                              \
+            p.sum += c;                                                             \
+            p.zeros += z;                                                           \
+            p.lo = lo < p.lo ? lo : p.lo;                                           \
+            p.hi = hi > p.hi ? hi : p.hi;                                           \
+        }                                                                           \
+        return p;                                                                   \
+    }
+
+PIECE_KERNEL(piece_f32, float)
+PIECE_KERNEL(piece_f64, double)
+
+typedef Partial (*PieceKernel)(const void *, int64_t, int64_t);
+
+static Partial at_f32(const void *base, int64_t offset, int64_t n) {
+    return piece_f32((const float *)base + offset, n);
+}
+
+static Partial at_f64(const void *base, int64_t offset, int64_t n) {
+    return piece_f64((const double *)base + offset, n);
+}
+
+/* out: count rows of (l1, l2², sum, min, max, zeros). Returns 0, or -1 if out of memory. */
+static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
+                const int64_t *numels, double *out, int parallel) {
+    int64_t pieces = 0, total = 0;
+    for (int64_t t = 0; t < count; t++) {
+        pieces += numels[t] > 0 ? (numels[t] + PIECE - 1) / PIECE : 1;
+        total += numels[t];
+    }
+    int64_t *owner = malloc(sizeof(int64_t) * pieces), *start = malloc(sizeof(int64_t) * pieces);
+    Partial *partials = malloc(sizeof(Partial) * pieces);
+    if (owner == NULL || start == NULL || partials == NULL) {
+        free(owner);
+        free(start);
+        free(partials);
+        return -1;
+    }
+    for (int64_t t = 0, j = 0; t < count; t++) {
+        int64_t offset = 0;
+        do {
+            owner[j] = t;
+            start[j++] = offset;
+            offset += PIECE;
+        } while (offset < numels[t]);
+    }
+#pragma omp parallel for schedule(static) if (parallel && total >= PARALLEL_MIN_ELEMENTS)
+    for (int64_t j = 0; j < pieces; j++) {
+        int64_t left = numels[owner[j]] - start[j];
+        partials[j] = kernel((const void *)addresses[owner[j]], start[j], left < PIECE ? left : PIECE);
+    }
+    for (int64_t t = 0; t < count; t++) {
+        double *row = out + 6 * t;
+        row[0] = row[1] = row[2] = row[5] = 0;
+        row[3] = INFINITY;
+        row[4] = -INFINITY;
+    }
+    for (int64_t j = 0; j < pieces; j++) {
+        double *row = out + 6 * owner[j];
+        const Partial *p = &partials[j];
+        row[0] += p->l1;
+        row[1] += p->l2;
+        row[2] += p->sum;
+        row[3] = p->lo < row[3] ? p->lo : row[3];
+        row[4] = p->hi > row[4] ? p->hi : row[4];
+        row[5] += p->zeros;
+    }
+    free(owner);
+    free(start);
+    free(partials);
+    return 0;
+}
+
+int gradiag_rows_f32(int64_t count, const int64_t *addresses, const int64_t *numels,
+                     double *out, int parallel) {
+    return rows(at_f32, count, addresses, numels, out, parallel);
+}
+
+int gradiag_rows_f64(int64_t count, const int64_t *addresses, const int64_t *numels,
+                     double *out, int parallel) {
+    return rows(at_f64, count, addresses, numels, out, parallel);
+}
