@@ -72,7 +72,8 @@ class Reductions:
         self.stack = Scratch().stack  # matrices of equal-sized tensors for the eager path
 
     def warm_up(self) -> None:
-        """Compile, load and check the kernel; blocking, so run it off the event loop."""
+        """Compile, load and check the kernel; blocking. The check runs parallel torch ops and
+        the parallel kernel: call it on a thread that ends afterwards (see the class)."""
         if self.state != "warming":
             return
         try:

@@ -64,6 +64,12 @@ static Partial at_f64(const void *base, int64_t offset, int64_t n) {
     return piece_f64((const double *)base + offset, n);
 }
 
+static Partial piece(PieceKernel kernel, const int64_t *addresses, const int64_t *numels,
+                     const int64_t *owner, const int64_t *start, int64_t j) {
+    int64_t left = numels[owner[j]] - start[j];
+    return kernel((const void *)addresses[owner[j]], start[j], left < PIECE ? left : PIECE);
+}
+
 /* out: count rows of (l1, l2², sum, min, max, zeros). Returns 0, or -1 if out of memory. */
 static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
                 const int64_t *numels, double *out, int parallel) {
@@ -88,10 +94,13 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
             offset += PIECE;
         } while (offset < numels[t]);
     }
-#pragma omp parallel for schedule(static) if (parallel && total >= PARALLEL_MIN_ELEMENTS)
-    for (int64_t j = 0; j < pieces; j++) {
-        int64_t left = numels[owner[j]] - start[j];
-        partials[j] = kernel((const void *)addresses[owner[j]], start[j], left < PIECE ? left : PIECE);
+    /* Serial calls must not enter libgomp at all: a thread that does gets an OpenMP team of
+     * its own (see reductions.py). */
+    if (parallel && total >= PARALLEL_MIN_ELEMENTS) {
+#pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < pieces; j++) partials[j] = piece(kernel, addresses, numels, owner, start, j);
+    } else {
+        for (int64_t j = 0; j < pieces; j++) partials[j] = piece(kernel, addresses, numels, owner, start, j);
     }
     for (int64_t t = 0; t < count; t++) {
         double *row = out + 6 * t;
