@@ -3,8 +3,10 @@
  * (gcc -O3 -march=native -fopenmp) and called through ctypes, which releases the GIL.
  *
  * Each tensor is cut into pieces of at most PIECE elements; the pieces of all tensors are
- * spread over the OpenMP threads (torch's own team: libgomp.so.1 is already loaded by
- * torch) and their partial rows combined per tensor. Within a piece, blocks of BLOCK
+ * handed out a few at a time to the OpenMP threads (torch's own team: libgomp.so.1 is
+ * already loaded by torch; dynamically, as pieces differ in size: against a static split,
+ * 0.47 -> 0.37 ms for a 32-layer MLP's tensors, 4.3 -> 3.5 ms for a 256-layer one's), and
+ * their partial rows are combined per tensor. Within a piece, blocks of BLOCK
  * elements are reduced with vectorised accumulators, then added to the piece's.
  *
  * min/max ignore NaN here; the caller makes them NaN where l1 is NaN, as torch.amin does.
@@ -97,7 +99,7 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
     /* Serial calls must not enter libgomp at all: a thread that does gets an OpenMP team of
      * its own (see reductions.py). */
     if (parallel && total >= PARALLEL_MIN_ELEMENTS) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 4)
         for (int64_t j = 0; j < pieces; j++) partials[j] = piece(kernel, addresses, numels, owner, start, j);
     } else {
         for (int64_t j = 0; j < pieces; j++) partials[j] = piece(kernel, addresses, numels, owner, start, j);
