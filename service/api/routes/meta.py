@@ -75,7 +75,10 @@ class CacheState(BaseModel):
     misses: int
     idle_bytes: int
     max_bytes: int
-    fused_statistics: str = Field(description="warming | ready | unavailable | off")
+    fused_statistics: str = Field(
+        description="the native statistics kernel: ready | unavailable (no gcc, or it failed: "
+        "eager kernels answer) | off (GRADIAG_FUSED_STATISTICS=false)"
+    )
 
 
 class Readiness(BaseModel):
