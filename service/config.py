@@ -7,6 +7,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DevicePattern = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
+
+
+def canonical_device(device: str, default: str) -> str:
+    """One name per device: `auto` is `default`; `cuda:0` is `cuda` (the service never
+    changes torch's current CUDA device, so both name device 0)."""
+    device = default if device == "auto" else device
+    return "cuda" if device == "cuda:0" else device
+
+
 DTypeName = Literal["float32", "float64", "bfloat16"]
 
 

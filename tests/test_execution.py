@@ -150,3 +150,39 @@ def test_stopping_worker_finishes_in_flight_work_and_reports_not_ready():
     ready, report = asyncio.run(scenario())
     assert ready is False
     assert report["loss"] is not None
+
+
+@pytest.mark.parametrize(
+    ("named", "allowed", "planned"),
+    [
+        (None, {"cpu"}, "cpu"),
+        ("auto", {"cpu"}, "cpu"),  # auto: the server's device, like none
+        ("auto", {"cuda", "cpu"}, "cuda"),
+        ("cuda:0", {"cuda", "cpu"}, "cuda"),  # one device, two names
+        ("cuda", {"cuda", "cpu"}, "cuda"),
+        ("cuda:1", {"cuda", "cuda:1"}, "cuda:1"),
+    ],
+)
+def test_a_device_has_one_name(named, allowed, planned):
+    from service.config import Limits
+    from service.diagnostics.plan import plan_run
+    from service.schemas.requests import DiagnosticsRequest
+
+    request = DiagnosticsRequest.model_validate({**LESSON_REQUEST, "device": named})
+    default = "cpu" if "cuda" not in allowed else "cuda"
+    plan = plan_run(
+        request,
+        default_device=default,
+        allowed_devices=allowed,
+        default_dtype="float32",
+        limits=Limits(),
+    )
+    assert plan.device == planned
+
+
+def test_auto_and_refused_device_names_over_http(client):
+    report = client.post(URL, json={**LESSON_REQUEST, "device": "auto"}).json()
+    assert report["provenance"]["device"] == "cpu"
+    refused = client.post(URL, json={**LESSON_REQUEST, "device": "cuda:0"})
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "unsupported_device"

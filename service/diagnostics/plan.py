@@ -11,7 +11,7 @@ from typing import Any
 
 from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
 from service.architectures.registry import MODEL_KINDS
-from service.config import Limits
+from service.config import Limits, canonical_device
 from service.diagnostics.tensors import probe_shape
 from service.errors import (
     BudgetExceeded,
@@ -105,7 +105,7 @@ def plan_run(
     loc: Loc = ("body",),
 ) -> RunPlan:
     """Everything that can be refused before allocation is refused here."""
-    device = request.device or default_device
+    device = canonical_device(request.device or "auto", default_device)
     if device not in allowed_devices:
         raise UnsupportedDevice.at(
             (*loc, "device"),

@@ -60,7 +60,11 @@ class DiagnosticsRequest(StrictModel):
     loss: LossName = "mse"
     seed: Seed = Field(0, description="the seed of the initial weights (torch.manual_seed)")
     dtype: DTypeName | None = Field(None, description="default: the server's default dtype")
-    device: DevicePattern | None = Field(None, description="default: the server's device")
+    device: DevicePattern | None = Field(
+        None,
+        description="cpu, cuda, cuda:N or mps, among the server's allowed devices; "
+        "auto or none: the server's device",
+    )
     mode: Literal["train", "eval"] = "train"
     thresholds: Thresholds = Thresholds()
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from service.config import Settings
+from service.config import Settings, canonical_device
 
 
 def _available(device: str) -> bool:
@@ -36,8 +36,9 @@ class DevicePolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> "DevicePolicy":
         """Resolve `auto`; refuse at start-up a configured device this machine lacks."""
-        default = _resolve(settings.device)
-        allowed = {_resolve(d) for d in settings.allowed_devices} or {default, "cpu"}
+        default = canonical_device(_resolve(settings.device), "cpu")
+        allowed = {canonical_device(_resolve(d), default) for d in settings.allowed_devices}
+        allowed = allowed or {default, "cpu"}
         allowed.add(default)
         missing = sorted(d for d in allowed if not _available(d))
         if missing:
