@@ -6,8 +6,8 @@
  * handed out a few at a time to the OpenMP threads (torch's own team: libgomp.so.1 is
  * already loaded by torch; dynamically, as pieces differ in size: against a static split,
  * 0.47 -> 0.37 ms for a 32-layer MLP's tensors, 4.3 -> 3.5 ms for a 256-layer one's), and
- * their partial rows are combined per tensor. Within a piece, blocks of BLOCK
- * elements are reduced with vectorised accumulators, then added to the piece's.
+ * their partial rows are combined per tensor. Within a piece, blocks of BLOCK elements are
+ * reduced with vectorised accumulators, then added to the piece's.
  *
  * min/max ignore NaN here; the caller makes them NaN where l1 is NaN, as torch.amin does.
  */
@@ -25,32 +25,32 @@ typedef struct {
 
 /* Sums in double (float32 sums of cancelling values lose the mean); min, max and the zero
  * count in the tensor's type, which is exact. */
-#define PIECE_KERNEL(NAME, T)                                                  \
-    static Partial NAME(const T *x, int64_t n) {                                    \
-        Partial p = {0, 0, 0, INFINITY, -INFINITY, 0};                              \
-        for (int64_t start = 0; start < n; start += BLOCK) {                        \
-            int64_t end = start + BLOCK < n ? start + BLOCK : n;                    \
-            double a = 0, b = 0, c = 0;                                             \
-            T z = 0, lo = INFINITY, hi = -INFINITY;                                 \
+#define PIECE_KERNEL(NAME, T)                                                                     \
+    static Partial NAME(const T *x, int64_t n) {                                                  \
+        Partial p = {0, 0, 0, INFINITY, -INFINITY, 0};                                            \
+        for (int64_t start = 0; start < n; start += BLOCK) {                                      \
+            int64_t end = start + BLOCK < n ? start + BLOCK : n;                                  \
+            double a = 0, b = 0, c = 0;                                                           \
+            T z = 0, lo = INFINITY, hi = -INFINITY;                                               \
             _Pragma("omp simd reduction(+ : a, b, c, z) reduction(min : lo) reduction(max : hi)") \
-            for (int64_t i = start; i < end; i++) {                                 \
-                T v = x[i];                                                         \
-                double w = v;                                                       \
-                a += fabs(w);                                                       \
-                b += w * w;                                                         \
-                c += w;                                                             \
-                z += v == 0 ? 1 : 0;                                                \
-                lo = lo < v ? lo : v;                                               \
-                hi = hi > v ? hi : v;                                               \
-            }                                                                       \
-            p.l1 += a;                                                              \
-            p.l2 += b;                                                              \
-            p.sum += c;                                                             \
-            p.zeros += z;                                                           \
-            p.lo = lo < p.lo ? lo : p.lo;                                           \
-            p.hi = hi > p.hi ? hi : p.hi;                                           \
-        }                                                                           \
-        return p;                                                                   \
+            for (int64_t i = start; i < end; i++) {                                               \
+                T v = x[i];                                                                       \
+                double w = v;                                                                     \
+                a += fabs(w);                                                                     \
+                b += w * w;                                                                       \
+                c += w;                                                                           \
+                z += v == 0 ? 1 : 0;                                                              \
+                lo = lo < v ? lo : v;                                                             \
+                hi = hi > v ? hi : v;                                                             \
+            }                                                                                     \
+            p.l1 += a;                                                                            \
+            p.l2 += b;                                                                            \
+            p.sum += c;                                                                           \
+            p.zeros += z;                                                                         \
+            p.lo = lo < p.lo ? lo : p.lo;                                                         \
+            p.hi = hi > p.hi ? hi : p.hi;                                                         \
+        }                                                                                         \
+        return p;                                                                                 \
     }
 
 PIECE_KERNEL(piece_f32, float)
@@ -80,7 +80,8 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
         pieces += numels[t] > 0 ? (numels[t] + PIECE - 1) / PIECE : 1;
         total += numels[t];
     }
-    int64_t *owner = malloc(sizeof(int64_t) * pieces), *start = malloc(sizeof(int64_t) * pieces);
+    int64_t *owner = malloc(sizeof(int64_t) * pieces);
+    int64_t *start = malloc(sizeof(int64_t) * pieces);
     Partial *partials = malloc(sizeof(Partial) * pieces);
     if (owner == NULL || start == NULL || partials == NULL) {
         free(owner);
@@ -100,9 +101,11 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
      * its own (see reductions.py). */
     if (parallel && total >= PARALLEL_MIN_ELEMENTS) {
 #pragma omp parallel for schedule(dynamic, 4)
-        for (int64_t j = 0; j < pieces; j++) partials[j] = piece(kernel, addresses, numels, owner, start, j);
+        for (int64_t j = 0; j < pieces; j++)
+            partials[j] = piece(kernel, addresses, numels, owner, start, j);
     } else {
-        for (int64_t j = 0; j < pieces; j++) partials[j] = piece(kernel, addresses, numels, owner, start, j);
+        for (int64_t j = 0; j < pieces; j++)
+            partials[j] = piece(kernel, addresses, numels, owner, start, j);
     }
     for (int64_t t = 0; t < count; t++) {
         double *row = out + 6 * t;
