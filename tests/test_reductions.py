@@ -141,3 +141,24 @@ def test_warm_up_runs_on_a_thread_that_ends(make_client, monkeypatch):
     make_client()
     assert len(threads) == 1
     assert threads[0] is not threading.main_thread() and not threads[0].is_alive()
+
+
+def test_serial_calls_start_no_openmp_threads(native):
+    """A thread that enters an OpenMP parallel region gets a team of its own; serial calls
+    (side threads) must start none, parallel ones exactly torch's intra-op count."""
+    tasks = Path("/proc/self/task")
+    if not tasks.exists():
+        pytest.skip("no /proc")
+    large = [torch.randn(1 << 18, generator=torch.Generator().manual_seed(8))]
+    started = {}
+
+    def probe(parallel: bool) -> None:
+        before = len(list(tasks.iterdir()))
+        native.tensor_rows(large, parallel)
+        started[parallel] = len(list(tasks.iterdir())) - before
+
+    for parallel in (False, True):  # each on a new thread, so without a team yet
+        thread = threading.Thread(target=probe, args=(parallel,))
+        thread.start()
+        thread.join()
+    assert started == {False: 0, True: torch.get_num_threads() - 1}

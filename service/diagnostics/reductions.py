@@ -28,8 +28,8 @@ logger = logging.getLogger("gradiag")
 
 SOURCE = Path(__file__).with_name("rows.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-# (count, addresses, numels, out, parallel) -> 0, or -1 out of memory; see rows.c
-Kernel = Callable[[int, int, int, int, bool], int]
+# (count, addresses, numels, out, threads) -> 0, or -1 out of memory; see rows.c
+Kernel = Callable[[int, int, int, int, int], int]
 # Exact conversions to float32 where the kernel has no loop of their own.
 _WIDENED = (torch.float16, torch.bfloat16)
 
@@ -86,7 +86,7 @@ class Reductions:
             sample = torch.linspace(-0.5, 2.0, 100_003)
             sample[::7] = 0
             for dtype, function in functions.items():
-                got = _call(function, [sample.to(dtype), sample[:0].to(dtype)], parallel=True)
+                got = _call(function, [sample.to(dtype), sample[:0].to(dtype)], threads=2)
                 want = eager_rows(sample.double().reshape(1, -1), torch.float64)[0].numpy()
                 if not np.allclose(got[0], want, rtol=1e-6) or got[1, :3].any():
                     raise RuntimeError(f"the native kernel disagrees with the eager one ({dtype})")
@@ -103,7 +103,8 @@ class Reductions:
         """(n, 8) float64 rows (l1, l2², sum, min, max, zeros, -1, numel) of floating tensors
         on the CPU (see `columns`), min and max NaN where a tensor holds NaN (as torch.amin),
         the NaN/Inf count left to derive (-1); None where the kernel cannot answer (not
-        ready, another device or dtype). `parallel=False` stays on the calling thread.
+        ready, another device or dtype). In parallel on torch's intra-op thread count;
+        `parallel=False` stays on the calling thread.
         """
         if not self._functions:
             return None
@@ -111,6 +112,7 @@ class Reductions:
             return np.empty((0, 8))
         if tensors[0].device.type != "cpu":  # `summarise`: all on one device
             return None
+        threads = torch.get_num_threads() if parallel else 1
         prepared, dtypes = [], set()
         for t in tensors:
             if t.dtype not in self._functions:
@@ -120,14 +122,12 @@ class Reductions:
             dtypes.add(t.dtype)
             prepared.append(t if t.is_contiguous() else t.contiguous())
         if len(dtypes) == 1:
-            rows = _call(self._functions[dtypes.pop()], prepared, parallel)
+            rows = _call(self._functions[dtypes.pop()], prepared, threads)
         else:
             rows = np.empty((len(prepared), 8))
             for dtype in dtypes:
                 chosen = [i for i, t in enumerate(prepared) if t.dtype == dtype]
-                rows[chosen] = _call(
-                    self._functions[dtype], [prepared[i] for i in chosen], parallel
-                )
+                rows[chosen] = _call(self._functions[dtype], [prepared[i] for i in chosen], threads)
         rows[np.isnan(rows[:, L1]), MIN : MAX + 1] = np.nan  # l1 is NaN exactly where a NaN is
         return rows
 
@@ -138,13 +138,13 @@ class Reductions:
         return None if rows is None else rows[0]
 
 
-def _call(function: Kernel, tensors: list[torch.Tensor], parallel: bool) -> np.ndarray:
+def _call(function: Kernel, tensors: list[torch.Tensor], threads: int) -> np.ndarray:
     count = len(tensors)
     addresses = np.fromiter((t.data_ptr() for t in tensors), dtype=np.int64, count=count)
     numels = np.fromiter((t.numel() for t in tensors), dtype=np.int64, count=count)
     partials = np.empty((count, 6))
     # `tensors` holds every tensor alive (and contiguous) for the duration of the call.
-    if function(count, addresses.ctypes.data, numels.ctypes.data, partials.ctypes.data, parallel):
+    if function(count, addresses.ctypes.data, numels.ctypes.data, partials.ctypes.data, threads):
         raise MemoryError("the statistics kernel could not allocate its partial rows")
     rows = np.empty((count, 8))
     rows[:, :NONFINITE] = partials

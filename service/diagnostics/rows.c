@@ -74,7 +74,7 @@ static Partial piece(PieceKernel kernel, const int64_t *addresses, const int64_t
 
 /* out: count rows of (l1, l2², sum, min, max, zeros). Returns 0, or -1 if out of memory. */
 static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
-                const int64_t *numels, double *out, int parallel) {
+                const int64_t *numels, double *out, int threads) {
     int64_t pieces = 0, total = 0;
     for (int64_t t = 0; t < count; t++) {
         pieces += numels[t] > 0 ? (numels[t] + PIECE - 1) / PIECE : 1;
@@ -97,10 +97,10 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
             offset += PIECE;
         } while (offset < numels[t]);
     }
-    /* Serial calls must not enter libgomp at all: a thread that does gets an OpenMP team of
-     * its own (see reductions.py). */
-    if (parallel && total >= PARALLEL_MIN_ELEMENTS) {
-#pragma omp parallel for schedule(dynamic, 4)
+    /* As many threads as torch's intra-op ones. Serial calls must not enter libgomp at all:
+     * a thread that does gets an OpenMP team of its own (see reductions.py). */
+    if (threads > 1 && total >= PARALLEL_MIN_ELEMENTS) {
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
         for (int64_t j = 0; j < pieces; j++)
             partials[j] = piece(kernel, addresses, numels, owner, start, j);
     } else {
@@ -130,11 +130,11 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
 }
 
 int gradiag_rows_f32(int64_t count, const int64_t *addresses, const int64_t *numels,
-                     double *out, int parallel) {
-    return rows(at_f32, count, addresses, numels, out, parallel);
+                     double *out, int threads) {
+    return rows(at_f32, count, addresses, numels, out, threads);
 }
 
 int gradiag_rows_f64(int64_t count, const int64_t *addresses, const int64_t *numels,
-                     double *out, int parallel) {
-    return rows(at_f64, count, addresses, numels, out, parallel);
+                     double *out, int threads) {
+    return rows(at_f64, count, addresses, numels, out, threads);
 }
