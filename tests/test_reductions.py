@@ -69,6 +69,18 @@ def test_known_rows_are_used_and_the_rest_computed(native):
     assert got == summarise([inputs[0]], native.tensor_rows)[0]
 
 
+def test_side_rows_run_no_torch_op(native):
+    """Side threads must not start an OpenMP team: no cast, no copy, only the kernel."""
+    values = torch.randn(300, 200, generator=torch.Generator().manual_seed(9))
+    assert native.side_rows(values.bfloat16()) is None  # would need a cast
+    assert native.side_rows(values.t()) is None  # would need a copy
+    row = native.side_rows(values)
+    assert row is not None
+    assert summarise([values], native.tensor_rows, {id(values): row}) == summarise(
+        [values], native.tensor_rows
+    )
+
+
 def test_unsupported_inputs_fall_back_to_eager(native):
     assert Reductions(fused=False).tensor_rows([torch.ones(3)]) is None
     assert native.tensor_rows([torch.ones(3), torch.arange(3)]) is None  # integers

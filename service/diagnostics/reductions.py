@@ -133,7 +133,10 @@ class Reductions:
 
     def side_rows(self, tensor: torch.Tensor) -> np.ndarray | None:
         """`tensor_rows` of one tensor on the calling thread, for a side thread; None where
-        only the eager kernels could answer (they are parallel: the run thread then does)."""
+        a torch op would be needed first (a cast or a copy: torch ops are parallel) or only
+        the eager kernels could answer: the run thread then does."""
+        if tensor.dtype not in self._functions or not tensor.is_contiguous():
+            return None
         rows = self.tensor_rows([tensor], parallel=False)
         return None if rows is None else rows[0]
 
