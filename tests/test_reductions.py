@@ -3,25 +3,41 @@ and is what the service runs."""
 
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from service.diagnostics import reductions as reductions_module
-from service.diagnostics.reductions import Reductions
+from service.diagnostics.reductions import Reductions, openmp_runtimes
 from service.diagnostics.statistics import summarise
+from service.schemas.requests import LESSON_REQUEST
 from tests.test_statistics import assert_equal_to_plain_reductions, assert_same_stats, tensors
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="the kernel needs gcc")
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="the kernel needs gcc")
 
 
 @pytest.fixture(scope="module")
 def native() -> Reductions:
+    if shutil.which("gcc") is None:
+        pytest.skip("the kernel needs gcc")
     reductions = Reductions(fused=True)
     reductions.warm_up()
     assert reductions.state == "ready"
     return reductions
+
+
+def strict(reductions: Reductions, parallel: bool = True) -> Callable:
+    """`tensor_rows` that fails where it would leave the work to the eager path."""
+
+    def rows(tensors: list[torch.Tensor]) -> np.ndarray:
+        answer = reductions.tensor_rows(tensors, parallel)
+        assert answer is not None, "the native kernel did not answer"
+        return answer
+
+    return rows
 
 
 def odd_tensors() -> list[torch.Tensor]:
@@ -45,17 +61,16 @@ def odd_tensors() -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("parallel", [True, False])
 def test_native_rows_equal_plain_reductions(native, parallel):
-    inputs = [*tensors(), *odd_tensors()]
-    rows = lambda chosen: native.tensor_rows(chosen, parallel)  # noqa: E731
-    results = summarise(inputs, rows)
-    assert_equal_to_plain_reductions(inputs[:-8], results[:-8])
-    assert results[-8]["numel"] == 0 and results[-8]["mean"] is None  # no elements
-    assert_equal_to_plain_reductions(inputs[-7:], results[-7:])
+    inputs = [*tensors(), *odd_tensors(), torch._neg_view(torch.arange(1.0, 6.0))]
+    results = summarise(inputs, strict(native, parallel))
+    assert_equal_to_plain_reductions(inputs[:-9], results[:-9])
+    assert results[-9]["numel"] == 0 and results[-9]["mean"] is None  # no elements
+    assert_equal_to_plain_reductions(inputs[-8:], results[-8:])  # the last one negated
 
 
 def test_native_and_eager_paths_agree(native):
     inputs = [*tensors(), torch.randn(3_000_000, generator=torch.Generator().manual_seed(4))]
-    for got, want in zip(summarise(inputs, native.tensor_rows), summarise(inputs), strict=True):
+    for got, want in zip(summarise(inputs, strict(native)), summarise(inputs), strict=True):
         assert_same_stats(got, want)
 
 
@@ -69,7 +84,7 @@ def test_known_rows_are_used_and_the_rest_computed(native):
     assert got == summarise([inputs[0]], native.tensor_rows)[0]
 
 
-def test_side_rows_run_no_torch_op(native):
+def test_side_rows_refuse_what_needs_a_torch_op(native):
     """Side threads must not start an OpenMP team: no cast, no copy, only the kernel."""
     values = torch.randn(300, 200, generator=torch.Generator().manual_seed(9))
     assert native.side_rows(values.bfloat16()) is None  # would need a cast
@@ -87,6 +102,18 @@ def test_unsupported_inputs_fall_back_to_eager(native):
     assert native.tensor_rows([torch.ones(3, dtype=torch.complex64)]) is None
     inputs = [torch.arange(5), torch.randn(5)]
     assert summarise(inputs, native.tensor_rows) == summarise(inputs)
+
+
+def test_without_gcc_the_service_answers_on_the_eager_kernels(make_client, monkeypatch):
+    def no_compiler() -> None:
+        raise RuntimeError("no gcc on PATH")
+
+    monkeypatch.setattr(reductions_module, "_compile", no_compiler)
+    client = make_client()
+    assert client.get("/readyz").json()["model_cache"]["fused_statistics"] == "unavailable"
+    report = client.post("/v1/diagnostics", json=LESSON_REQUEST)
+    assert report.status_code == 200
+    assert report.json()["parameters"][0]["grad"]["numel"] == 9
 
 
 def test_a_failed_compile_leaves_the_eager_kernels(monkeypatch):
@@ -107,14 +134,11 @@ def test_one_openmp_runtime_in_the_process(native):
     maps = Path("/proc/self/maps")
     if not maps.exists():
         pytest.skip("no /proc")
-    runtimes = {
-        line.split()[-1]
-        for line in maps.read_text().splitlines()
-        if any(name in line for name in ("libgomp", "libomp", "libiomp"))
-    }
-    assert len(runtimes) == 1, runtimes
+    assert len(openmp_runtimes()) == 1, openmp_runtimes()
+    assert not native._serial_only
 
 
+@needs_gcc
 def test_the_service_runs_the_native_kernel(make_client, monkeypatch):
     calls = []
     original = Reductions.tensor_rows

@@ -120,5 +120,14 @@ def test_bfloat16_and_float64_tensors():
     assert_equal_to_plain_reductions(inputs, summarise(inputs))
 
 
+def test_tensors_without_elements():
+    inputs = [torch.randn(3), torch.empty(0), torch.ones(70_000), torch.empty(0, 4)]
+    results = summarise(inputs)
+    assert_equal_to_plain_reductions(inputs[::2], results[::2])
+    for empty in results[1::2]:
+        assert empty["numel"] == 0 and empty["nonfinite_count"] == 0
+        assert all(empty[k] is None for k in ("mean_abs", "mean", "std", "min", "max"))
+
+
 def test_empty_list():
     assert summarise([]) == []

@@ -69,6 +69,7 @@ class Reductions:
     def __init__(self, fused: bool):
         self.state = "warming" if fused else "off"  # warming | ready | unavailable | off
         self._functions: dict[torch.dtype, Kernel] = {}
+        self._serial_only = False
         self.stack = Scratch().stack  # matrices of equal-sized tensors for the eager path
 
     def warm_up(self) -> None:
@@ -91,9 +92,15 @@ class Reductions:
                 if not np.allclose(got[0], want, rtol=1e-6) or got[1, :3].any():
                     raise RuntimeError(f"the native kernel disagrees with the eager one ({dtype})")
         except Exception as exc:  # no gcc, or a compiler or library that fails: stay eager
-            logger.warning("native statistics unavailable, using eager kernels: %s", exc)
+            detail = getattr(exc, "stderr", None)  # gcc's own message, where it failed
+            logger.warning("native statistics unavailable, using eager kernels: %s %s", exc,
+                           detail.decode(errors="replace").strip() if detail else "")  # fmt: skip
             self.state = "unavailable"
             return
+        runtimes = openmp_runtimes()
+        if len(runtimes) > 1:  # the kernel's OpenMP calls would start teams besides torch's
+            logger.warning("several OpenMP runtimes loaded, statistics kernel serial: %s", runtimes)
+            self._serial_only = True
         self._functions = functions
         self.state = "ready"
 
@@ -110,17 +117,19 @@ class Reductions:
             return None
         if not tensors:
             return np.empty((0, 8))
-        if tensors[0].device.type != "cpu":  # `summarise`: all on one device
-            return None
-        threads = torch.get_num_threads() if parallel else 1
+        threads = torch.get_num_threads() if parallel and not self._serial_only else 1
         prepared, dtypes = [], set()
         for t in tensors:
+            if not t.is_cpu:  # a pointer the kernel cannot read
+                return None
             if t.dtype not in self._functions:
                 if t.dtype not in _WIDENED:
                     return None
                 t = t.float()
             dtypes.add(t.dtype)
-            prepared.append(t if t.is_contiguous() else t.contiguous())
+            # The kernel reads memory as it is: a negated view must be resolved first.
+            plain = t.is_contiguous() and not t.is_neg()
+            prepared.append(t if plain else t.resolve_neg().contiguous())
         if len(dtypes) == 1:
             rows = _call(self._functions[dtypes.pop()], prepared, threads)
         else:
@@ -135,10 +144,23 @@ class Reductions:
         """`tensor_rows` of one tensor on the calling thread, for a side thread; None where
         a torch op would be needed first (a cast or a copy: torch ops are parallel) or only
         the eager kernels could answer: the run thread then does."""
-        if tensor.dtype not in self._functions or not tensor.is_contiguous():
+        if tensor.dtype not in self._functions or not tensor.is_contiguous() or tensor.is_neg():
             return None
         rows = self.tensor_rows([tensor], parallel=False)
         return None if rows is None else rows[0]
+
+
+def openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere). The
+    kernel links libgomp.so.1, which resolves to torch's own where torch ships that name."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return set()
+    return {
+        line.split()[-1]
+        for line in maps.read_text().splitlines()
+        if any(name in line for name in ("libgomp", "libomp", "libiomp"))
+    }
 
 
 def _call(function: Kernel, tensors: list[torch.Tensor], threads: int) -> np.ndarray:

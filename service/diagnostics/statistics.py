@@ -45,6 +45,8 @@ STACK_ELEMENTS = 1 << 22
 NativeRows = Callable[[Sequence[torch.Tensor]], np.ndarray | None]
 
 CHUNK = 1 << 20
+# (l1, l2², sum, min, max, zeros, NaN/Inf, numel) of a tensor without elements
+_EMPTY_ROW = np.array([0.0, 0.0, 0.0, np.inf, -np.inf, 0.0, 0.0, 0.0])
 
 
 def eager_row(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
@@ -194,8 +196,10 @@ def _eager_summary(
     acc = accumulation_dtype(tensors[0].device)
     sizes = [t.numel() for t in tensors]
     computed = list(range(len(tensors))) if computed is None else computed
-    small = [i for i in computed if sizes[i] <= SEGMENT_LIMIT]
+    small = [i for i in computed if 0 < sizes[i] <= SEGMENT_LIMIT]
     large = [i for i in computed if sizes[i] > SEGMENT_LIMIT]
+    # No elements: no segment for `reduceat` (it would return a neighbour's element).
+    empty = [i for i in computed if sizes[i] == 0]
     order, parts = [], []
     for members, matrix in _groups(tensors, large, stack):
         order += members
@@ -207,9 +211,10 @@ def _eager_summary(
     counts = [sizes[i] for i in small]
     done = [i for i in range(len(tensors)) if id(tensors[i]) in known]
     rows = host[sum(counts) :].reshape(len(order), 8)
-    if done:
-        rows = np.concatenate([rows, [known[id(tensors[i])] for i in done]])
-        order += done
+    given = [known[id(tensors[i])] for i in done] + [_EMPTY_ROW] * len(empty)
+    if given:
+        rows = np.concatenate([rows, given])
+        order += done + empty
     columns = []
     with np.errstate(all="ignore"):
         if small:
