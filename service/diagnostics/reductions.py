@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.diagnostics.columns import L1, MAX, MIN, NONFINITE, NUMEL
 from service.diagnostics.statistics import Scratch, eager_rows
 
 logger = logging.getLogger("gradiag")
@@ -137,7 +136,6 @@ class Reductions:
             for dtype in dtypes:
                 chosen = [i for i, t in enumerate(prepared) if t.dtype == dtype]
                 rows[chosen] = _call(self._functions[dtype], [prepared[i] for i in chosen], threads)
-        rows[np.isnan(rows[:, L1]), MIN : MAX + 1] = np.nan  # l1 is NaN exactly where a NaN is
         return rows
 
     def side_rows(self, tensor: torch.Tensor) -> np.ndarray | None:
@@ -167,12 +165,8 @@ def _call(function: Kernel, tensors: list[torch.Tensor], threads: int) -> np.nda
     count = len(tensors)
     addresses = np.fromiter((t.data_ptr() for t in tensors), dtype=np.int64, count=count)
     numels = np.fromiter((t.numel() for t in tensors), dtype=np.int64, count=count)
-    partials = np.empty((count, 6))
-    # `tensors` holds every tensor alive (and contiguous) for the duration of the call.
-    if function(count, addresses.ctypes.data, numels.ctypes.data, partials.ctypes.data, threads):
-        raise MemoryError("the statistics kernel could not allocate its partial rows")
     rows = np.empty((count, 8))
-    rows[:, :NONFINITE] = partials
-    rows[:, NONFINITE] = -1
-    rows[:, NUMEL] = numels
+    # `tensors` holds every tensor alive (and contiguous) for the duration of the call.
+    if function(count, addresses.ctypes.data, numels.ctypes.data, rows.ctypes.data, threads):
+        raise MemoryError("the statistics kernel could not allocate its partial rows")
     return rows

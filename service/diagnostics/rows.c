@@ -9,7 +9,8 @@
  * their partial rows are combined per tensor. Within a piece, blocks of BLOCK elements are
  * reduced with vectorised accumulators, then added to the piece's.
  *
- * min/max ignore NaN here; the caller makes them NaN where l1 is NaN, as torch.amin does.
+ * The blocks' min/max skip NaN; a tensor's min and max become NaN where its l1 is NaN (l1 is
+ * NaN exactly where an element is), as torch.amin does.
  */
 #include <math.h>
 #include <stdint.h>
@@ -72,7 +73,9 @@ static Partial piece(PieceKernel kernel, const int64_t *addresses, const int64_t
     return kernel((const void *)addresses[owner[j]], start[j], left < PIECE ? left : PIECE);
 }
 
-/* out: count rows of (l1, l2², sum, min, max, zeros). Returns 0, or -1 if out of memory. */
+/* out: count rows of (l1, l2², sum, min, max, zeros, -1, numel), the layout of
+ * service/diagnostics/columns.py (-1: the NaN/Inf count is derived from l1 by the caller).
+ * Returns 0, or -1 if out of memory. */
 static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
                 const int64_t *numels, double *out, int threads) {
     int64_t pieces = 0, total = 0;
@@ -108,13 +111,15 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
             partials[j] = piece(kernel, addresses, numels, owner, start, j);
     }
     for (int64_t t = 0; t < count; t++) {
-        double *row = out + 6 * t;
+        double *row = out + 8 * t;
         row[0] = row[1] = row[2] = row[5] = 0;
         row[3] = INFINITY;
         row[4] = -INFINITY;
+        row[6] = -1;
+        row[7] = (double)numels[t];
     }
     for (int64_t j = 0; j < pieces; j++) {
-        double *row = out + 6 * owner[j];
+        double *row = out + 8 * owner[j];
         const Partial *p = &partials[j];
         row[0] += p->l1;
         row[1] += p->l2;
@@ -122,6 +127,10 @@ static int rows(PieceKernel kernel, int64_t count, const int64_t *addresses,
         row[3] = p->lo < row[3] ? p->lo : row[3];
         row[4] = p->hi > row[4] ? p->hi : row[4];
         row[5] += p->zeros;
+    }
+    for (int64_t t = 0; t < count; t++) {
+        double *row = out + 8 * t;
+        if (isnan(row[0])) row[3] = row[4] = NAN;
     }
     free(owner);
     free(start);
