@@ -173,7 +173,7 @@ def summarise(
     chosen = tensors if computed is None else [tensors[i] for i in computed]
     rows = native(chosen) if native is not None else None
     if rows is None:
-        return _eager_summary(tensors, computed, known, stack)
+        rows = _eager_rows(chosen, stack)
     if computed is not None:
         rows_of_computed, rows = rows, np.empty((len(tensors), 8))
         rows[computed] = rows_of_computed
@@ -185,21 +185,14 @@ def summarise(
         return stats_from_columns(rows.T)
 
 
-def _eager_summary(
-    tensors: Sequence[torch.Tensor],
-    computed: list[int] | None,
-    known: Mapping[int, np.ndarray],
-    stack: Stack,
-) -> list[Stats]:
-    """Tiny tensors reduced per segment on the host; larger ones stacked by size and reduced
-    on their device, one call per stack (or per tensor, the largest), then one transfer."""
+def _eager_rows(tensors: Sequence[torch.Tensor], stack: Stack) -> np.ndarray:
+    """(n, 8) rows in the layout of `columns`, in order: tiny tensors reduced per segment on
+    the host; larger ones stacked by size and reduced on their device, one call per stack
+    (or per tensor, the largest), then one transfer."""
     acc = accumulation_dtype(tensors[0].device)
     sizes = [t.numel() for t in tensors]
-    computed = list(range(len(tensors))) if computed is None else computed
-    small = [i for i in computed if 0 < sizes[i] <= SEGMENT_LIMIT]
-    large = [i for i in computed if sizes[i] > SEGMENT_LIMIT]
-    # No elements: no segment for `reduceat` (it would return a neighbour's element).
-    empty = [i for i in computed if sizes[i] == 0]
+    small = [i for i, size in enumerate(sizes) if 0 < size <= SEGMENT_LIMIT]
+    large = [i for i, size in enumerate(sizes) if size > SEGMENT_LIMIT]
     order, parts = [], []
     for members, matrix in _groups(tensors, large, stack):
         order += members
@@ -208,24 +201,12 @@ def _eager_summary(
         # One C++ call flattens and concatenates them all (what DDP uses for its buckets).
         parts.insert(0, _flatten_dense_tensors([tensors[i] for i in small]).to(acc))
     host = torch.cat(parts).cpu().numpy() if parts else np.empty(0)  # one transfer
-    counts = [sizes[i] for i in small]
-    done = [i for i in range(len(tensors)) if id(tensors[i]) in known]
-    rows = host[sum(counts) :].reshape(len(order), 8)
-    given = [known[id(tensors[i])] for i in done] + [_EMPTY_ROW] * len(empty)
-    if given:
-        rows = np.concatenate([rows, given])
-        order += done + empty
-    columns = []
-    with np.errstate(all="ignore"):
-        if small:
-            columns.append(_segment_columns(host[: sum(counts)], counts))
-        if order:
-            rows[:, NONFINITE] = nonfinite_counts([tensors[i] for i in order], rows)
-            columns.append(rows.T)
-        stats = stats_from_columns(
-            np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
-        )
-    ordered: list[Stats] = [{}] * len(tensors)
-    for position, entry in zip(small + order, stats, strict=True):
-        ordered[position] = entry
-    return ordered
+    counted = sum(sizes[i] for i in small)
+    # Tensors without elements keep this row: there is no segment for `reduceat` (it would
+    # return a neighbour's element).
+    rows = np.tile(_EMPTY_ROW, (len(tensors), 1))
+    if small:
+        with np.errstate(all="ignore"):
+            rows[small] = _segment_columns(host[:counted], [sizes[i] for i in small]).T
+    rows[order] = host[counted:].reshape(len(order), 8)
+    return rows
