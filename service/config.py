@@ -9,10 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DevicePattern = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 
 
-def canonical_device(device: str, default: str) -> str:
-    """One name per device: `auto` is `default`; `cuda:0` is `cuda` (the service never
-    changes torch's current CUDA device, so both name device 0)."""
-    device = default if device == "auto" else device
+def canonical_device(device: str) -> str:
+    """One name per device: `cuda:0` is `cuda` (the service never changes torch's current
+    CUDA device, so both name device 0)."""
     return "cuda" if device == "cuda:0" else device
 
 
@@ -61,8 +60,9 @@ class Settings(BaseSettings):
     malloc_arenas: int = Field(
         1,
         ge=0,
-        description="glibc malloc arenas for the process (1: runs on worker threads reuse "
-        "freed memory instead of faulting it in again); 0 leaves glibc's default",
+        description="glibc malloc arenas for the process (1: a gpt2-small cold run on a worker "
+        "thread took 1.30-1.37 s, against 1.47-1.93 s with glibc's default); 0 leaves "
+        "glibc's default",
     )
     model_cache_bytes: int = Field(
         1 << 30, ge=0, description="initial models kept for repeated requests (LRU); 0: none"

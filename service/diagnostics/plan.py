@@ -105,7 +105,9 @@ def plan_run(
     loc: Loc = ("body",),
 ) -> RunPlan:
     """Everything that can be refused before allocation is refused here."""
-    device = canonical_device(request.device or "auto", default_device)
+    # A request's `auto` (or none) is the server's device, whatever the machine has.
+    named = request.device if request.device not in (None, "auto") else default_device
+    device = canonical_device(named)
     if device not in allowed_devices:
         raise UnsupportedDevice.at(
             (*loc, "device"),

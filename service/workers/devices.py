@@ -36,8 +36,8 @@ class DevicePolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> "DevicePolicy":
         """Resolve `auto`; refuse at start-up a configured device this machine lacks."""
-        default = canonical_device(_resolve(settings.device), "cpu")
-        allowed = {canonical_device(_resolve(d), default) for d in settings.allowed_devices}
+        default = canonical_device(_resolve(settings.device))
+        allowed = {canonical_device(_resolve(d)) for d in settings.allowed_devices}
         allowed = allowed or {default, "cpu"}
         allowed.add(default)
         missing = sorted(d for d in allowed if not _available(d))
