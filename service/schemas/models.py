@@ -1,6 +1,6 @@
 """Model specs: architectures as data, a discriminated union on `kind`."""
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import Field, model_validator
 
@@ -106,4 +106,5 @@ class GPTSpec(StrictModel):
 
 
 ModelSpec = Annotated[MLPSpec | SequentialSpec | GPTSpec, Field(discriminator="kind")]
-MODEL_SPECS: tuple[type[StrictModel], ...] = ModelSpec.__origin__.__args__  # type: ignore[attr-defined]
+# The union's members (Annotated[union, discriminator] -> union -> its classes).
+MODEL_SPECS: tuple[type[StrictModel], ...] = get_args(get_args(ModelSpec)[0])

@@ -1,7 +1,7 @@
 """What the service can do, and whether it is alive and ready."""
 
 import asyncio
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, TypeAdapter
@@ -24,7 +24,7 @@ from service.schemas.tensors import TensorGenerator
 router = APIRouter(tags=["service"])
 
 # The model kinds' spec classes, by the value of their `kind` field.
-_SPEC_MODELS = {spec.model_fields["kind"].annotation.__args__[0]: spec for spec in MODEL_SPECS}  # type: ignore[union-attr]
+_SPEC_MODELS = {get_args(spec.model_fields["kind"].annotation)[0]: spec for spec in MODEL_SPECS}
 _MODEL_SCHEMAS = {kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS}
 _GENERATOR_SCHEMA = TypeAdapter(TensorGenerator).json_schema()
 
