@@ -21,10 +21,13 @@ from service.architectures.init import build_seeded, draw_in_chunks, initialise,
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.reductions import Reductions
-from service.diagnostics.statistics import SEGMENT_LIMIT, summarise
+from service.diagnostics.statistics import summarise
 from service.errors import Cancelled
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+# Parameters summarised on the side thread as they are drawn have more elements than this;
+# the rest are summarised in the one call after the draws.
+SIDE_STATISTICS_MIN_ELEMENTS = 1 << 12
 
 
 class ParameterDigest:
@@ -150,8 +153,8 @@ def _drawn(
 ) -> tuple[nn.Module, torch.Generator, str, list[dict[str, Any]]]:
     """Draw the weights; hash and summarise each parameter on `side` as soon as it is drawn.
 
-    Drawing is sequential (one generator) and leaves a core idle; hashing releases the GIL
-    and the reductions run in C++, so hash and value statistics are ready about when the
+    Drawing is sequential (one generator) and leaves a core idle; hashing and the native
+    statistics kernel release the GIL, so hash and value statistics are ready about when the
     last weight is. Large weights are drawn in chunks, each hashed as soon as it is drawn:
     otherwise the hash of the last weight (gpt2-small's 154 MB output head: 80-90 ms) would
     start only after the last draw. A dtype cast changes the values afterwards: then the
@@ -189,7 +192,7 @@ def _drawn(
             if id(param) not in chunked:  # not drawn at random (ones, zeros): hashed whole
                 drawn.append(id(param))
                 pending.append(side.submit(digest.update, names[id(param)], param))
-            if param.numel() > SEGMENT_LIMIT:  # smaller ones: `summarise` on the host
+            if param.numel() > SIDE_STATISTICS_MIN_ELEMENTS:
                 pending.append(side.submit(reduce, param))
 
     generator = torch.Generator().manual_seed(plan.request.seed)

@@ -92,15 +92,12 @@ def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
 
 def across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Group runs by every axis but `seed`; per layer name, mean and std across seeds."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    others: dict[str, dict[str, Any]] = {}
+    groups: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     for run in runs:
         axes = {k: v for k, v in run["axes"].items() if k != SEED_AXIS}
-        key = repr(sorted(axes.items()))
-        groups.setdefault(key, []).append(run)
-        others.setdefault(key, axes)
+        groups.setdefault(repr(sorted(axes.items())), (axes, []))[1].append(run)
     summaries = []
-    for key, members in groups.items():
+    for axes, members in groups.values():
         by_name = [{layer["name"]: layer for layer in m["layers"]} for m in members]
         per_name = {
             layer["name"]: [layers.get(layer["name"]) for layers in by_name]
@@ -108,7 +105,7 @@ def across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         summaries.append(
             {
-                "axes": others[key],
+                "axes": axes,
                 "seeds": [m["axes"][SEED_AXIS] for m in members],
                 "first_to_last_ratio": _mean_std([m["first_to_last_ratio"] for m in members]),
                 "layers": [
