@@ -83,7 +83,8 @@ if __name__ == "__main__":  # `python -m bench.plain gpt`: one cold run, then pe
     import json
     import resource
 
-    seed, warms = (int(a) for a in (sys.argv[2:4] + ["123", "2"][len(sys.argv[2:4]) :]))
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 123
+    warms = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     result = gpt_cold_and_warm(seed, warms)
     result["peak_rss_mb"] = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
     print(json.dumps(result))

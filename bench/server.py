@@ -29,7 +29,7 @@ class Server:
         command = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env)
         # Ready (the statistics kernel is compiled before the app serves).
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 120
         while True:
             try:
                 if Client(self.port).get("/readyz")[0] == 200:

@@ -74,14 +74,16 @@ def test_native_and_eager_paths_agree(native):
         assert_same_stats(got, want)
 
 
-def test_known_rows_are_used_and_the_rest_computed(native):
+@pytest.mark.parametrize("path", ["native", "eager"])
+def test_known_rows_are_used_and_the_rest_computed(native, path):
+    rows = strict(native) if path == "native" else None
     inputs = tensors()
     known = {id(inputs[2]): native.side_rows(inputs[2]), id(inputs[7]): native.side_rows(inputs[7])}
-    assert_equal_to_plain_reductions(inputs, summarise(inputs, native.tensor_rows, known))
+    assert_equal_to_plain_reductions(inputs, summarise(inputs, rows, known))
     # Rows given as known are taken as they are, not recomputed.
     known[id(inputs[2])] = native.side_rows(inputs[0])
-    got = summarise(inputs, native.tensor_rows, known)[2]
-    assert got == summarise([inputs[0]], native.tensor_rows)[0]
+    got = summarise(inputs, rows, known)[2]
+    assert got == summarise([inputs[0]], strict(native))[0]
 
 
 def test_side_rows_refuse_what_needs_a_torch_op(native):
@@ -104,11 +106,15 @@ def test_unsupported_inputs_fall_back_to_eager(native):
     assert summarise(inputs, native.tensor_rows) == summarise(inputs)
 
 
-def test_without_gcc_the_service_answers_on_the_eager_kernels(make_client, monkeypatch):
+@pytest.fixture
+def no_gcc(monkeypatch):
     def no_compiler() -> None:
         raise RuntimeError("no gcc on PATH")
 
     monkeypatch.setattr(reductions_module, "_compile", no_compiler)
+
+
+def test_without_gcc_the_service_answers_on_the_eager_kernels(make_client, no_gcc):
     client = make_client()
     assert client.get("/readyz").json()["model_cache"]["fused_statistics"] == "unavailable"
     report = client.post("/v1/diagnostics", json=LESSON_REQUEST)
@@ -116,11 +122,7 @@ def test_without_gcc_the_service_answers_on_the_eager_kernels(make_client, monke
     assert report.json()["parameters"][0]["grad"]["numel"] == 9
 
 
-def test_a_failed_compile_leaves_the_eager_kernels(monkeypatch):
-    def no_compiler() -> None:
-        raise RuntimeError("no gcc on PATH")
-
-    monkeypatch.setattr(reductions_module, "_compile", no_compiler)
+def test_a_failed_compile_leaves_the_eager_kernels(no_gcc):
     reductions = Reductions(fused=True)
     reductions.warm_up()
     assert reductions.state == "unavailable"
