@@ -218,9 +218,12 @@ def test_serial_calls_start_no_openmp_threads(native):
     if not tasks.exists():
         pytest.skip("no /proc")
     large = [torch.randn(1 << 18, generator=torch.Generator().manual_seed(8))]
-    started = {}
+    started, expected = {}, {}
 
     def probe(parallel: bool) -> None:
+        # The count of the calling thread: a thread reads torch's setting when it first
+        # asks, so another test's worker can leave this (main) thread with another count.
+        expected[parallel] = torch.get_num_threads() - 1 if parallel else 0
         before = len(list(tasks.iterdir()))
         native.tensor_rows(large, parallel)
         started[parallel] = len(list(tasks.iterdir())) - before
@@ -229,4 +232,6 @@ def test_serial_calls_start_no_openmp_threads(native):
         thread = threading.Thread(target=probe, args=(parallel,))
         thread.start()
         thread.join()
-    assert started == {False: 0, True: torch.get_num_threads() - 1}
+    if expected[True] == 0:
+        pytest.skip("torch runs one thread here: no team to count")
+    assert started == expected

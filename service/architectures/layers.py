@@ -222,10 +222,12 @@ def _residual_build(spec: Any, shape: Shape) -> nn.Module:
 LAYER_TYPES: dict[str, LayerType] = {
     "linear": LayerType(_linear_infer, _linear_build),
     **{
+        # The output (identity's is its input) and what the activation keeps.
         name: LayerType(
-            _elementwise(0 if name == "identity" else 2), lambda s, _: make_activation(s.type)
+            _elementwise(0 if name == "identity" else 1 + activation.saved),
+            lambda s, _: make_activation(s.type),
         )
-        for name in ACTIVATIONS
+        for name, activation in ACTIVATIONS.items()
     },
     "layer_norm": LayerType(
         _last_dim_norm_infer,

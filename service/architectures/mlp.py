@@ -7,14 +7,10 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from service.architectures.activations import make_activation
+from service.architectures.activations import ACTIVATIONS, make_activation
 from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
 from service.errors import Loc, ShapeMismatch
 from service.schemas.models import MLPSpec
-
-# Elements an activation keeps for backward, per output element (the tanh GELU keeps the
-# intermediates of its seven elementwise ops; the others keep one or two tensors).
-_SAVED_PER_OUTPUT = {"gelu_tanh": 7, "identity": 0}
 
 
 class MLP(nn.Module):
@@ -47,7 +43,9 @@ def plan(spec: MLPSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
     rows = math.prod(input_shape[:-1])
     weights = sum(n_in * n_out for n_in, n_out in pairwise(sizes))
     biases = sum(sizes[1:]) if spec.bias else 0
-    saved = 2 + _SAVED_PER_OUTPUT.get(spec.activation, 2)
+    # Per output element: the linear's output, the block's output (the sum, with a
+    # shortcut) and what the activation keeps.
+    saved = 2 + ACTIVATIONS[spec.activation].saved
     estimate = Estimate(
         parameters=weights + biases,
         activation_elements=rows * (sizes[0] + saved * sum(sizes[1:])),

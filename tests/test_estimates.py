@@ -1,0 +1,132 @@
+"""The activation estimate that the budget checks is an upper bound of what the forward pass
+really keeps for backward, measured with `saved_tensors_hooks` in both float dtypes."""
+
+import pytest
+import torch
+
+from service.architectures.activations import ACTIVATIONS
+from service.architectures.modules import SeededDropout
+from service.architectures.registry import MODEL_KINDS
+from service.schemas.models import GPTSpec, MLPSpec, SequentialSpec
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def saved_elements(module: torch.nn.Module, inputs: torch.Tensor, with_input: bool = False) -> int:
+    """Elements of the tensors the forward pass saves for backward, each storage once, the
+    parameters and (unless `with_input`) the input left out: they exist before the pass."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(inputs)
+    existing = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    if not with_input:
+        existing.add(inputs.untyped_storage().data_ptr())
+    return sum(n for pointer, n in storages.items() if pointer not in existing)
+
+
+def assert_estimate_bounds(spec, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    kind = MODEL_KINDS[spec.kind]
+    plan = kind.plan(spec, shape, ("body",))
+    torch.manual_seed(0)
+    module = kind.build(spec, shape).to(dtype).train()  # train mode keeps the most
+    for sub in module.modules():
+        if isinstance(sub, SeededDropout):
+            sub.generator = torch.Generator().manual_seed(0)
+    if plan.input_kind == "int":
+        inputs = torch.randint(0, plan.input_classes, shape)
+    else:
+        inputs = torch.randn(shape, dtype=dtype)
+    measured = saved_elements(module, inputs)
+    assert measured > 0
+    assert plan.estimate.activation_elements >= measured, (
+        plan.estimate.activation_elements,
+        measured,
+    )
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_each_activation_keeps_what_the_registry_says(name):
+    """The registry's count is the most an activation keeps per output element over the
+    dtypes, exactly: not less (the budget would be exceeded), not more."""
+    kept = []
+    for dtype in DTYPES:
+        weight = torch.randn(32, 32, dtype=dtype, requires_grad=True)
+        inputs = torch.randn(8, 32, dtype=dtype) @ weight  # made by an op, as in a model
+        module = ACTIVATIONS[name].make()
+        kept.append(saved_elements(module, inputs, with_input=True) / inputs.numel())
+    assert max(kept) == ACTIVATIONS[name].saved, kept
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shortcut", [False, True])
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_mlp_estimate_bounds_what_is_saved(activation, shortcut, dtype):
+    spec = MLPSpec.model_validate(
+        {"kind": "mlp", "layer_sizes": [24, 48, 48, 48, 8], "activation": activation,
+         "shortcut": shortcut}
+    )  # fmt: skip
+    assert_estimate_bounds(spec, (16, 24), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_sequential_activation_estimate_bounds_what_is_saved(activation, dtype):
+    linear = {"type": "linear", "out_features": 48}
+    layers = [linear, {"type": activation}, linear, {"type": activation}]
+    spec = SequentialSpec.model_validate({"kind": "sequential", "layers": layers})
+    assert_estimate_bounds(spec, (16, 24), dtype)
+
+
+CNN = [
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1},
+    {"type": "batch_norm"},
+    {"type": "relu"},
+    {"type": "max_pool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3},
+    {"type": "avg_pool2d", "kernel_size": 2},
+    {"type": "dropout", "p": 0.5},
+    {"type": "flatten"},
+    {"type": "linear", "out_features": 10},
+]
+NORMS = [
+    {"type": "linear", "out_features": 32},
+    {"type": "layer_norm"},
+    {"type": "rms_norm"},
+    {"type": "residual", "body": [{"type": "linear", "out_features": 32}, {"type": "tanh"}]},
+    {"type": "residual", "projection": True, "body": [{"type": "linear", "out_features": 16}]},
+    {"type": "batch_norm"},
+]
+TRANSFORMER = [
+    {"type": "embedding", "num_embeddings": 50, "embedding_dim": 16},
+    {"type": "attention", "heads": 2, "dropout": 0.1},
+    {"type": "transformer_block", "heads": 4, "dropout": 0.1},
+    {"type": "transformer_block", "heads": 2, "norm": "post"},
+    {"type": "linear", "out_features": 50},
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("layers", "shape"),
+    [(CNN, (4, 3, 12, 12)), (NORMS, (8, 20)), (TRANSFORMER, (2, 12))],
+    ids=["cnn", "norms", "transformer"],
+)
+def test_sequential_layer_estimates_bound_what_is_saved(layers, shape, dtype):
+    spec = SequentialSpec.model_validate({"kind": "sequential", "layers": layers})
+    assert_estimate_bounds(spec, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm", ["pre", "post", "none"])
+def test_gpt_estimate_bounds_what_is_saved(norm, dtype):
+    spec = GPTSpec.model_validate(
+        {"kind": "gpt", "vocab_size": 60, "context_length": 16, "emb_dim": 16, "n_heads": 2,
+         "n_layers": 2, "drop_rate": 0.1, "qkv_bias": True, "norm": norm}
+    )  # fmt: skip
+    assert_estimate_bounds(spec, (2, 12), dtype)
