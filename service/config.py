@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     )
     gc_freeze: bool = Field(
         True,
-        description="freeze the objects of start-up out of the garbage collector's view: its "
-        "full collections paused the process 152-204 ms, 3-6 ms frozen",
+        description="freeze the objects of the process's first start-up out of the garbage "
+        "collector's view, for shorter full collections",
     )
     model_cache_bytes: int = Field(
         1 << 30, ge=0, description="initial models kept for repeated requests (LRU); 0: none"

@@ -17,7 +17,7 @@ from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
 from service.workers.devices import DevicePolicy
 from service.workers.inprocess import InProcessWorker
-from service.workers.memory import freeze_startup_objects, limit_malloc_arenas, thaw
+from service.workers.memory import freeze_startup_objects, limit_malloc_arenas
 from service.workers.runner import Runner
 
 DESCRIPTION = """\
@@ -64,14 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fused_statistics=settings.fused_statistics,
         )
         await worker.start()
-        if settings.gc_freeze:  # everything start-up made lives as long as the app
+        if settings.gc_freeze:  # what start-up made lives as long as the process
             freeze_startup_objects()
         try:
             yield {"runner": Runner(settings, devices, worker)}
         finally:
             await worker.stop()
-            if settings.gc_freeze:
-                thaw()
 
     app = FastAPI(
         title="gradiag",

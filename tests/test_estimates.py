@@ -9,7 +9,7 @@ from service.architectures.modules import SeededDropout
 from service.architectures.registry import MODEL_KINDS
 from service.schemas.models import GPTSpec, MLPSpec, SequentialSpec
 
-DTYPES = [torch.float32, torch.float64]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
 
 def saved_elements(module: torch.nn.Module, inputs: torch.Tensor, with_input: bool = False) -> int:
@@ -30,7 +30,9 @@ def saved_elements(module: torch.nn.Module, inputs: torch.Tensor, with_input: bo
     return sum(n for pointer, n in storages.items() if pointer not in existing)
 
 
-def assert_estimate_bounds(spec, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+def assert_estimate_bounds(
+    spec: MLPSpec | SequentialSpec | GPTSpec, shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
     kind = MODEL_KINDS[spec.kind]
     plan = kind.plan(spec, shape, ("body",))
     torch.manual_seed(0)

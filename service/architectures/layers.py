@@ -152,7 +152,9 @@ def attention_estimate(shape: Shape, heads: int, qkv_bias: bool, ff_mult: int = 
         hidden = ff_mult * d
         params += 2 * d * hidden + hidden + d + 4 * d
         flops += 3 * 4 * n * t * d * hidden
-        saved += 8 * n * t * hidden + 6 * n * t * d
+        # Per hidden element: the first linear's output, the GELU's and what the GELU keeps.
+        per_hidden = 2 + ACTIVATIONS["gelu_tanh"].saved
+        saved += per_hidden * n * t * hidden + 6 * n * t * d
     return Estimate(params, saved, flops, 1)
 
 
@@ -222,9 +224,8 @@ def _residual_build(spec: Any, shape: Shape) -> nn.Module:
 LAYER_TYPES: dict[str, LayerType] = {
     "linear": LayerType(_linear_infer, _linear_build),
     **{
-        # The output (identity's is its input) and what the activation keeps.
         name: LayerType(
-            _elementwise(0 if name == "identity" else 1 + activation.saved),
+            _elementwise(activation.new_output + activation.saved),
             lambda s, _: make_activation(s.type),
         )
         for name, activation in ACTIVATIONS.items()

@@ -11,10 +11,11 @@ activations in again; the measurement, not the cause, is what this setting rests
 Python's full collections traverse every tracked object, and a server that has imported
 torch, FastAPI and pydantic holds about 320,000 of them, nearly all alive for good. Under a
 mixed load (the lesson and MLPs of depth 8-256, 40 s) a full collection paused the process
-152-204 ms, every request in flight with it; with the objects of start-up frozen, 3-6 ms.
+152-204 ms, every request in flight with it; with the objects of start-up frozen, 3-7 ms.
 """
 
 import ctypes
+import functools
 import gc
 import logging
 
@@ -36,17 +37,14 @@ def limit_malloc_arenas(arenas: int) -> bool:
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+# Once per process: the collector is the process's, and an app of a process that runs
+# several (tests) must not thaw what another froze, nor freeze another's requests' objects.
+@functools.cache
 def freeze_startup_objects() -> int:
     """Collect, then move every object tracked now to the permanent generation, which
-    collections skip; returns how many are frozen. Cyclic garbage among them later would
-    not be collected: `thaw` gives them back at shut-down."""
+    collections skip, for good; returns how many are frozen."""
     gc.collect()
     gc.freeze()
     frozen = gc.get_freeze_count()
     logger.info("froze %d start-up objects out of the garbage collector's view", frozen)
     return frozen
-
-
-def thaw() -> None:
-    """Frozen objects back into the oldest generation, to be collected as usual."""
-    gc.unfreeze()
