@@ -221,8 +221,8 @@ def test_serial_calls_start_no_openmp_threads(native):
     started, expected = {}, {}
 
     def probe(parallel: bool) -> None:
-        # The count of the calling thread: a thread reads torch's setting when it first
-        # asks, so another test's worker can leave this (main) thread with another count.
+        # The count the calling thread sees, which the kernel uses: in the whole suite, after
+        # other tests' workers had set theirs, the main thread's differed from a new one's.
         expected[parallel] = torch.get_num_threads() - 1 if parallel else 0
         before = len(list(tasks.iterdir()))
         native.tensor_rows(large, parallel)
