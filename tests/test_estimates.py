@@ -1,5 +1,6 @@
 """The activation estimate that the budget checks is an upper bound of what the forward pass
-really keeps for backward, measured with `saved_tensors_hooks` in float32, float64 and bfloat16."""
+really keeps for backward, measured with `saved_tensors_hooks` in float32, float64 and
+bfloat16."""
 
 import pytest
 import torch
