@@ -81,3 +81,11 @@ def nonfinite_counts(tensors: Sequence[torch.Tensor], rows: np.ndarray) -> np.nd
     for i in np.flatnonzero(derive & ~np.isfinite(rows[:, L1])).tolist():
         counts[i] = int((~torch.isfinite(tensors[i])).sum())
     return counts
+
+
+def finish(tensors: Sequence[torch.Tensor], rows: np.ndarray) -> list[Stats]:
+    """Stats of `tensors` from their (n, 8) rows: the NaN/Inf column derived where it is -1
+    (in place), then the statistics."""
+    with np.errstate(all="ignore"):
+        rows[:, NONFINITE] = nonfinite_counts(tensors, rows)
+        return stats_from_columns(rows.T)

@@ -20,17 +20,7 @@ import numpy as np
 import torch
 from torch._utils import _flatten_dense_tensors
 
-from service.diagnostics.columns import (
-    MAX,
-    MIN,
-    NONFINITE,
-    NUMEL,
-    ZEROS,
-    Stats,
-    accumulation_dtype,
-    nonfinite_counts,
-    stats_from_columns,
-)
+from service.diagnostics.columns import MAX, MIN, NUMEL, ZEROS, Stats, accumulation_dtype, finish
 from service.diagnostics.tiled import summarise_tiled
 
 # Up to this many elements a tensor is reduced on the host with numpy.
@@ -180,9 +170,7 @@ def summarise(
         for i, t in enumerate(tensors):
             if id(t) in known:
                 rows[i] = known[id(t)]
-    with np.errstate(all="ignore"):
-        rows[:, NONFINITE] = nonfinite_counts(tensors, rows)
-        return stats_from_columns(rows.T)
+    return finish(tensors, rows)
 
 
 def _eager_rows(tensors: Sequence[torch.Tensor], stack: Stack) -> np.ndarray:

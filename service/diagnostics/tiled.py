@@ -17,13 +17,11 @@ from service.diagnostics.columns import (
     L2SQ,
     MAX,
     MIN,
-    NONFINITE,
     SUM,
     ZEROS,
     Stats,
     accumulation_dtype,
-    nonfinite_counts,
-    stats_from_columns,
+    finish,
 )
 
 # Row length of the tiled matrix, and the elements one matrix holds at most (a bounded copy).
@@ -137,10 +135,7 @@ def summarise_tiled(tensors: Sequence[torch.Tensor]) -> list[Stats]:
     ]
     host = torch.cat(flats).cpu().numpy()  # one transfer
     columns, offset = [], 0
-    with np.errstate(all="ignore"):
-        for batch, layout in zip(batches, layouts, strict=True):
-            own = _tiled_columns(layout, host[offset : offset + layout.partials])
-            own[NONFINITE] = nonfinite_counts([tensors[i] for i in batch], own.T)
-            columns.append(own)
-            offset += layout.partials
-        return stats_from_columns(np.concatenate(columns, axis=1))
+    for layout in layouts:
+        columns.append(_tiled_columns(layout, host[offset : offset + layout.partials]))
+        offset += layout.partials
+    return finish(tensors, np.concatenate(columns, axis=1).T)
