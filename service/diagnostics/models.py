@@ -21,7 +21,6 @@ from service.architectures.init import build_seeded, draw_in_chunks, initialise,
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.reductions import Reductions
-from service.diagnostics.statistics import summarise
 from service.errors import Cancelled
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -165,9 +164,7 @@ def _drawn(
     if dtype != torch.float32:
         module, generator = build_seeded(factory, plan.request.seed)
         module = module.to(dtype=dtype)
-        values = summarise(
-            list(module.parameters()), reductions.tensor_rows, stack=reductions.stack
-        )
+        values = reductions.summarise(list(module.parameters()))
         return module, generator, hash_parameters(module), values
     module = materialise(factory)
     named = list(module.named_parameters())
@@ -199,7 +196,7 @@ def _drawn(
     initialise(module, generator, on_initialised, draw_in_chunks(on_chunk))
     for future in pending:
         future.result()  # in order; re-raises what failed on the side
-    values = summarise([p for _, p in named], reductions.tensor_rows, rows, reductions.stack)
+    values = reductions.summarise([p for _, p in named], rows)
     if drawn != [id(p) for _, p in named]:  # shared or redrawn: hash the final values
         return module, generator, hash_parameters(module), values
     return module, generator, digest.hexdigest(), values

@@ -15,13 +15,14 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from service.diagnostics.statistics import Scratch, eager_rows
+from service.diagnostics.columns import Stats
+from service.diagnostics.statistics import Scratch, eager_rows, summarise
 
 logger = logging.getLogger("gradiag")
 
@@ -137,6 +138,12 @@ class Reductions:
                 chosen = [i for i, t in enumerate(prepared) if t.dtype == dtype]
                 rows[chosen] = _call(self._functions[dtype], [prepared[i] for i in chosen], threads)
         return rows
+
+    def summarise(
+        self, tensors: Sequence[torch.Tensor], known: Mapping[int, np.ndarray] | None = None
+    ) -> list[Stats]:
+        """`statistics.summarise` on this kernel, the eager path where it cannot answer."""
+        return summarise(tensors, self.tensor_rows, known, self.stack)
 
     def side_rows(self, tensor: torch.Tensor) -> np.ndarray | None:
         """`tensor_rows` of one tensor on the calling thread, for a side thread; None where

@@ -26,7 +26,7 @@ from service.diagnostics.report import (
     parameter_report,
     weighted_mean,
 )
-from service.diagnostics.statistics import Stats, summarise
+from service.diagnostics.statistics import Stats
 from service.diagnostics.tensors import materialise
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
@@ -147,11 +147,7 @@ def _diagnose(
     param_grads = [p.grad for _, p in named]
     output_grads = [t.grad if t is not None else None for t in outputs]
     present = [t for t in (*param_grads, *outputs, *output_grads) if t is not None]
-    stats = iter(
-        summarise(
-            [loss.detach().reshape(1), *present], reductions.tensor_rows, stack=reductions.stack
-        )
-    )
+    stats = iter(reductions.summarise([loss.detach().reshape(1), *present]))
     loss_value = next(stats)["mean"]
     grad_stats = [next(stats) if g is not None else None for g in param_grads]
     output_stats = [next(stats) if t is not None else None for t in outputs]
