@@ -102,6 +102,7 @@ def _owns_state(module: nn.Module) -> bool:
     )
 
 
+@torch.no_grad()
 def initialise(
     module: nn.Module,
     generator: torch.Generator,
@@ -111,16 +112,6 @@ def initialise(
     """Initialise every submodule in construction (registration) order; `on_initialised`
     sees each submodule once its own parameters hold their final values; `draw` fills the
     parameters that are drawn at random (see `draw_in_chunks`)."""
-    with torch.no_grad():
-        _initialise(module, generator, on_initialised, draw)
-
-
-def _initialise(
-    module: nn.Module,
-    generator: torch.Generator,
-    on_initialised: Callable[[nn.Module], None] | None,
-    draw: Draw,
-) -> None:
     for sub in module.modules():
         if isinstance(sub, SeededInit):
             sub.reset_seeded(generator)
