@@ -15,7 +15,7 @@ from service.main import create_app
 
 
 def main(rounds: int = 3, warms: int = 5) -> None:
-    settings = Settings(device="cuda", fused_statistics=False)
+    settings = Settings(device="cuda", native_statistics=False)
     plain_cold, plain_warm, cold, warm, shares = [], [], [], [], []
     with TestClient(create_app(settings)) as client:
         client.post("/v1/diagnostics", json=_gpt_request(99))  # as warm as the plain side

@@ -28,7 +28,7 @@ class Server:
         env.update({f"GRADIAG_{k.upper()}": str(v) for k, v in settings.items()})
         command = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env)
-        # Ready (the statistics kernel is compiled before the app serves).
+        # Ready: the runtime is bootstrapped (the kernel checked) before the app serves.
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 import uvicorn
@@ -25,8 +26,14 @@ def _serve(args: argparse.Namespace) -> None:
 def _openapi(args: argparse.Namespace) -> None:
     from service.main import create_app
 
-    json.dump(create_app().openapi(), sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
-    sys.stdout.write("\n")
+    try:
+        json.dump(create_app().openapi(), sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (`gradiag openapi | head`): stop quietly
+        # Python flushes stdout again at exit: give it somewhere that cannot break.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DevicePattern = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
@@ -18,6 +18,20 @@ def canonical_device(device: str) -> str:
 DTypeName = Literal["float32", "float64", "bfloat16"]
 
 
+def _whole_number(value: object) -> object:
+    """`5e12` for a count, as people write large budgets, when it is a whole number."""
+    if isinstance(value, str) and any(c in value for c in ".eE"):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else value
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_whole_number)]
+
+
 class Limits(BaseSettings):
     """Budgets a request must fit before any tensor is allocated."""
 
@@ -29,7 +43,7 @@ class Limits(BaseSettings):
     )
     max_input_elements: int = Field(4_000_000, ge=1, description="elements of input or target")
     max_layers: int = Field(1024, ge=1, description="layers (or blocks) of one model")
-    max_flops: float = Field(5e12, gt=0, description="estimated forward+backward FLOPs")
+    max_flops: Count = Field(5 * 10**12, ge=1, description="estimated forward+backward FLOPs")
     max_variants: int = Field(16, ge=1, description="variants of one compare request")
     max_sweep_runs: int = Field(256, ge=1, description="runs of one sweep (the axes' product)")
 
@@ -54,19 +68,15 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
-    fused_statistics: bool = Field(
-        True, description="compile the native statistics kernel at start-up (needs gcc)"
+    native_statistics: bool = Field(
+        True, description="use the native statistics kernel where it was built at install"
     )
     malloc_arenas: int = Field(
-        1,
-        ge=0,
-        description="glibc malloc arenas for the process (1: a gpt2-small cold run on a worker "
-        "thread took 1.30-1.37 s, against 1.47-1.93 s with glibc's default); 0 leaves "
-        "glibc's default",
+        1, ge=0, description="glibc malloc arenas of the process; 0 leaves glibc's default"
     )
     gc_freeze: bool = Field(
         True,
-        description="freeze the objects of the process's first start-up out of the garbage "
+        description="freeze the objects of the process's start-up out of the garbage "
         "collector's view, for shorter full collections",
     )
     model_cache_bytes: int = Field(

@@ -5,9 +5,9 @@ Domain and execution code raise these; the transport renders each as an RFC 9457
 is the HTTP status the transport will use, `code` the stable machine-readable name.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 Loc = tuple[str | int, ...]
 
@@ -46,7 +46,7 @@ class GradiagError(Exception):
         self.headers = headers or {}
 
     @classmethod
-    def at(cls, loc: Loc, msg: str, **kwargs: Any) -> "GradiagError":
+    def at(cls, loc: Loc, msg: str, **kwargs: Any) -> Self:
         """An error about one field: `detail` and the single field error say the same thing."""
         return cls(msg, errors=[FieldError(loc, msg, cls.code)], **kwargs)
 
@@ -103,7 +103,8 @@ class ClientClosed(GradiagError):
     code, status, title = "client_closed", 499, "Client closed the request"
 
 
-_TAG_FIELDS = ("kind", "type", "distribution")
+# The discriminators of the request's unions, and what their values are called.
+_TAG_FIELDS = {"kind": "model kind", "type": "layer type", "distribution": "distribution"}
 _PAYLOAD_TAGS = {"values": list, "generator": dict}
 
 
@@ -141,16 +142,49 @@ def _is_union_tag(node: Any, part: str | int) -> bool:
     return payload_type is not None and isinstance(node, payload_type)
 
 
+def _node(document: Any, path: Loc) -> Any:
+    node = document
+    for part in path:
+        node = node[part] if _has(node, part) else None
+    return node
+
+
+def _tag_message(raw: Any, field: str, node: Any, values: Sequence[str] | None) -> str:
+    """A missing or unknown discriminator, said with the values it may take."""
+    if values:
+        choices = ", ".join(repr(value) for value in values)
+    else:  # pydantic lists them (quoted) for an unknown tag only
+        choices = str((raw.get("ctx") or {}).get("expected_tags", ""))
+    one_of = f": one of {choices}" if choices else ""
+    if not isinstance(node, dict) or field not in node:
+        return f"`{field}` is required{one_of}"
+    value = node[field]
+    if isinstance(value, str):
+        shown = repr(value) if len(value) <= 64 else f"`{field}`"  # never echo a huge value
+        return f"{shown} is not a {_TAG_FIELDS.get(field, field)}{one_of}"
+    return f"`{field}` must be a string{one_of}"
+
+
 def pydantic_field_errors(
-    raw_errors: Sequence[Any], document: Any, prefix: Loc = ()
+    raw_errors: Sequence[Any],
+    document: Any,
+    prefix: Loc = (),
+    tag_values: Mapping[str, Sequence[str]] | None = None,
 ) -> list[FieldError]:
     """Pydantic's errors as FieldErrors located by JSON path, never echoing the input
-    (it may be huge, or a NaN that JSON cannot carry)."""
+    (it may be huge, or a NaN that JSON cannot carry).
+
+    A missing or unknown discriminator (`kind`, a layer's `type`, a generator's
+    `distribution`) is located at that field and listed with its values, `tag_values`."""
     errors = []
     for raw in raw_errors:
         loc = json_path(tuple(raw.get("loc", ())), document)
-        if raw.get("type") == "union_tag_invalid":  # point at the discriminator field itself
-            loc = (*loc, str(raw.get("ctx", {}).get("discriminator", "")).strip("'"))
+        msg = str(raw.get("msg", "invalid"))
+        if raw.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            field = str((raw.get("ctx") or {}).get("discriminator", "")).strip("'")
+            values = (tag_values or {}).get(field)
+            msg = _tag_message(raw, field, _node(document, loc), values)
+            loc = (*loc, field)  # point at the discriminator field itself
         parts = tuple(part if isinstance(part, int) else str(part) for part in (*prefix, *loc))
-        errors.append(FieldError(parts, str(raw.get("msg", "invalid")), str(raw.get("type", ""))))
+        errors.append(FieldError(parts, msg, str(raw.get("type", ""))))
     return errors

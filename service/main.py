@@ -1,11 +1,9 @@
-"""The app factory: settings, lifespan (worker start/stop), routers, errors, docs."""
+"""The app factory: settings, lifespan (backend start/stop), routers, errors, docs."""
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -15,10 +13,10 @@ from service.api.deps import AppState
 from service.api.routes import diagnostics, meta, sweeps
 from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
-from service.workers.devices import DevicePolicy
-from service.workers.inprocess import InProcessWorker
-from service.workers.memory import freeze_startup_objects, limit_malloc_arenas
-from service.workers.runner import Runner
+from service.execution.devices import DevicePolicy
+from service.execution.inprocess import InProcessBackend
+from service.run_service import RunService
+from service.schemas.common import SEED_MAX
 
 DESCRIPTION = """\
 Post a neural-network architecture as JSON (no code) with an input and a target; the
@@ -26,13 +24,6 @@ service builds the PyTorch model, runs one forward and one backward pass, and an
 per-layer gradient statistics, a vanishing / exploding verdict and the provenance needed to
 trust the numbers. Errors are `application/problem+json` with a stable `code`.
 """
-
-
-def _configure_torch(settings: Settings) -> None:
-    if settings.deterministic:
-        # cuBLAS needs a fixed workspace for deterministic results; harmless on the CPU.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(settings.deterministic)
 
 
 def _problem_content_types(schema: dict[str, Any]) -> dict[str, Any]:
@@ -46,30 +37,39 @@ def _problem_content_types(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _integer_bounds(node: Any) -> None:
+    """FastAPI's OpenAPI model types every bound as a float; an integer field's bounds are
+    integers again here, and the seeds' maximum 2**64 - 1, which no float holds, is exact."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in _BOUNDS:
+                value = node.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    exact = key == "maximum" and value == float(SEED_MAX)
+                    node[key] = SEED_MAX if exact else int(value)
+        for child in node.values():
+            _integer_bounds(child)
+    elif isinstance(node, list):
+        for child in node:
+            _integer_bounds(child)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; `settings` defaults to the environment's."""
     settings = settings or get_settings()
-    # Before the worker threads exist: threads created later share the arenas.
-    limit_malloc_arenas(settings.malloc_arenas)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
         devices = DevicePolicy.from_settings(settings)
-        _configure_torch(settings)
-        worker = InProcessWorker(
-            concurrency=settings.concurrency,
-            queue_capacity=settings.queue_capacity,
-            torch_threads=settings.torch_threads,
-            cache_bytes=settings.model_cache_bytes,
-            fused_statistics=settings.fused_statistics,
-        )
-        await worker.start()
-        if settings.gc_freeze:  # what start-up made lives as long as the process
-            freeze_startup_objects()
+        backend = InProcessBackend(settings)
+        await backend.start()
         try:
-            yield {"runner": Runner(settings, devices, worker)}
+            yield {"runs": RunService(settings, devices, backend)}
         finally:
-            await worker.stop()
+            await backend.stop()
 
     app = FastAPI(
         title="gradiag",
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = _problem_content_types(default_openapi())
+            _integer_bounds(app.openapi_schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

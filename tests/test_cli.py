@@ -24,6 +24,19 @@ def test_openapi_command_prints_the_committed_schema():
     assert json.loads(result.stdout) == json.loads((ROOT / "openapi.json").read_text())
 
 
+def test_openapi_command_into_a_closed_pipe_exits_quietly():
+    # `gradiag openapi | head`: the schema is larger than a pipe's buffer, so writes fail.
+    process = subprocess.Popen(
+        [*GRADIAG, "openapi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, cwd=ROOT
+    )
+    assert process.stdout is not None
+    assert process.stdout.read(16)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert b"Traceback" not in stderr and b"BrokenPipeError" not in stderr, stderr.decode()
+    assert process.returncode == 1
+
+
 def test_serve_command_answers_the_lesson():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -35,7 +35,7 @@ F32, CONV, F64, BF16 = 2e-4, 5e-3, 1e-9, 3e-2
 
 @pytest.fixture(scope="module")
 def gpu() -> Any:
-    settings = Settings(device="cuda", allowed_devices=["cuda", "cpu"], fused_statistics=False)
+    settings = Settings(device="cuda", allowed_devices=["cuda", "cpu"], native_statistics=False)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

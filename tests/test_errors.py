@@ -4,7 +4,10 @@ import copy
 
 import pytest
 
+from service.architectures.layers import LAYER_TYPES
+from service.architectures.registry import MODEL_KINDS
 from service.schemas.requests import LESSON_REQUEST
+from service.schemas.tensors import DISTRIBUTIONS
 
 URL = "/v1/diagnostics"
 
@@ -284,6 +287,86 @@ def test_compare_variant_errors_are_located(client):
     empty = {"base": LESSON_REQUEST, "variants": {}}
     assert_problem(
         client.post(f"{URL}/compare", json=empty), 422, "invalid_request", ["body", "variants"]
+    )
+
+
+def _one_of(values) -> str:
+    return "one of " + ", ".join(repr(value) for value in values)
+
+
+KINDS = _one_of(MODEL_KINDS)
+SEQUENTIAL = {"kind": "sequential", "layers": [{"type": "linear", "out_features": 1}]}
+TAG_CASES = {
+    # name: (body, loc, message)
+    "missing_kind": (
+        {"model": {"layer_sizes": [3, 1]}, "input": [[1.0, 2.0, 3.0]], "target": [[0.0]]},
+        ["body", "model", "kind"],
+        "`kind` is required: one of 'mlp', 'sequential', 'gpt'",
+    ),
+    "unknown_kind": (
+        with_(model_kind="foo"),
+        ["body", "model", "kind"],
+        f"'foo' is not a model kind: {KINDS}",
+    ),
+    "kind_not_a_string": (
+        with_(model_kind=3),
+        ["body", "model", "kind"],
+        f"`kind` must be a string: {KINDS}",
+    ),
+    "missing_layer_type": (
+        with_(model={**SEQUENTIAL, "layers": [{"out_features": 1}]}, loss="sum", target=None),
+        ["body", "model", "layers", 0, "type"],
+        f"`type` is required: {_one_of(LAYER_TYPES)}",
+    ),
+    "unknown_layer_type_in_residual": (
+        with_(
+            model={**SEQUENTIAL, "layers": [{"type": "residual", "body": [{"type": "lin"}]}]},
+            loss="sum",
+            target=None,
+        ),
+        ["body", "model", "layers", 0, "body", 0, "type"],
+        f"'lin' is not a layer type: {_one_of(LAYER_TYPES)}",
+    ),
+    "missing_distribution": (
+        with_(input={"shape": [1, 3]}),
+        ["body", "input", "distribution"],
+        f"`distribution` is required: {_one_of(DISTRIBUTIONS)}",
+    ),
+    "unknown_distribution": (
+        with_(input={"shape": [1, 3], "distribution": "cauchy"}),
+        ["body", "input", "distribution"],
+        f"'cauchy' is not a distribution: {_one_of(DISTRIBUTIONS)}",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", TAG_CASES)
+def test_missing_or_unknown_tag_lists_the_values(client, name):
+    body, loc, message = TAG_CASES[name]
+    problem = assert_problem(client.post(URL, json=body), 422, "invalid_request", loc)
+    assert [e["msg"] for e in problem["errors"] if e["loc"] == loc] == [message]
+    assert problem["detail"] == f"{'.'.join(map(str, loc))}: {message}"
+
+
+def test_derived_requests_list_the_kinds(client):
+    """Compare variants are validated by the service, not by the route: same sentence."""
+    body = {"base": LESSON_REQUEST, "variants": {"ok": {}, "nokind": {"model": {"kind": None}}}}
+    problem = assert_problem(
+        client.post(f"{URL}/compare", json=body), 422, "invalid_request",
+        ["body", "variants", "nokind", "model", "kind"],
+    )  # fmt: skip
+    assert problem["errors"][0]["msg"] == f"`kind` is required: {KINDS}"
+    assert problem["detail"].endswith(f"`kind` is required: {KINDS}")
+
+
+def test_float_class_id_names_both_target_forms(client):
+    body = with_(model_layer_sizes=[3, 3], loss="cross_entropy", target=[1.0])
+    problem = assert_problem(
+        client.post(URL, json=body), 422, "invalid_tensor", ["body", "target", 0]
+    )
+    assert problem["detail"] == (
+        "expected an integer class id, got 1.0 "
+        "(for class probabilities, give a target of the output's shape [1, 3])"
     )
 
 

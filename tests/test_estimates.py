@@ -35,20 +35,20 @@ def assert_estimate_bounds(
     spec: MLPSpec | SequentialSpec | GPTSpec, shape: tuple[int, ...], dtype: torch.dtype
 ) -> None:
     kind = MODEL_KINDS[spec.kind]
-    plan = kind.plan(spec, shape, ("body",))
+    signature = kind.signature(spec, shape, ("body",))
     torch.manual_seed(0)
     module = kind.build(spec, shape).to(dtype).train()  # train mode keeps the most
     for sub in module.modules():
         if isinstance(sub, SeededDropout):
             sub.generator = torch.Generator().manual_seed(0)
-    if plan.input_kind == "int":
-        inputs = torch.randint(0, plan.input_classes, shape)
+    if signature.input_kind == "int":
+        inputs = torch.randint(0, signature.input_classes, shape)
     else:
         inputs = torch.randn(shape, dtype=dtype)
     measured = saved_elements(module, inputs)
     assert measured > 0
-    assert plan.estimate.activation_elements >= measured, (
-        plan.estimate.activation_elements,
+    assert signature.estimate.activation_elements >= measured, (
+        signature.estimate.activation_elements,
         measured,
     )
 

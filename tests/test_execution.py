@@ -129,27 +129,27 @@ def test_serving_never_touches_the_global_rng(make_client):
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_stopping_worker_finishes_in_flight_work_and_reports_not_ready():
+def test_stopping_backend_finishes_in_flight_work_and_reports_not_ready():
     from service.config import Settings
+    from service.execution.backend import DiagnosticsTask
+    from service.execution.devices import DevicePolicy
+    from service.execution.inprocess import InProcessBackend
+    from service.run_service import RunService
     from service.schemas.requests import DiagnosticsRequest
-    from service.workers.base import DiagnosticsTask
-    from service.workers.devices import DevicePolicy
-    from service.workers.inprocess import InProcessWorker
-    from service.workers.runner import Runner
 
-    settings = Settings(device="cpu")
+    settings = Settings(device="cpu", concurrency=1, queue_capacity=1, torch_threads=1)
     devices = DevicePolicy.from_settings(settings)
 
     async def scenario():
-        worker = InProcessWorker(concurrency=1, queue_capacity=1, torch_threads=1)
-        await worker.start()
-        runner = Runner(settings, devices, worker)
-        plan = runner.plan(DiagnosticsRequest.model_validate(LESSON_REQUEST))
-        running = asyncio.create_task(worker.submit(DiagnosticsTask(plan), 30))
+        backend = InProcessBackend(settings)
+        await backend.start()
+        runs = RunService(settings, devices, backend)
+        plan = runs.check(DiagnosticsRequest.model_validate(LESSON_REQUEST))
+        running = asyncio.create_task(backend.submit(DiagnosticsTask(plan), 30))
         await asyncio.sleep(0)
-        stopping = asyncio.create_task(worker.stop())
+        stopping = asyncio.create_task(backend.stop())
         await asyncio.sleep(0)
-        ready_while_stopping = worker.ready()
+        ready_while_stopping = backend.ready()
         report = await running
         await stopping
         return ready_while_stopping, report

@@ -1,4 +1,4 @@
-"""The seed experiment: the lesson's ten numbers through HTTP (DESIGN §2)."""
+"""The seed experiment: the lesson's ten numbers through HTTP."""
 
 import copy
 
@@ -9,7 +9,7 @@ from service.schemas.requests import LESSON_REQUEST
 from tests.conftest import close
 from tests.reference import ExampleDeepNeuralNetwork
 
-# The table of DESIGN §2 (torch 2.13 CPU).
+# The lesson's table (torch 2.13 CPU).
 NO_SHORTCUT = {
     "layers.0.0.weight": 0.00020173587836325169,
     "layers.1.0.weight": 0.00012011159560643137,

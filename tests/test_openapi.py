@@ -20,6 +20,32 @@ def test_schema_does_not_depend_on_settings():
     assert small == create_app(make_settings()).openapi()
 
 
+def _schemas_with(node, key):
+    """Every schema object under `node` with a property named `key`."""
+    if isinstance(node, dict):
+        if key in node.get("properties", {}):
+            yield node
+        for child in node.values():
+            yield from _schemas_with(child, key)
+    elif isinstance(node, list):
+        for child in node:
+            yield from _schemas_with(child, key)
+
+
+def test_seed_maximum_is_the_exact_integer(client):
+    served = client.get("/openapi.json").json()
+    request = served["components"]["schemas"]["DiagnosticsRequest"]
+    # The seeds a request takes (a report's provenance only echoes one, unbounded).
+    seeds = [s["properties"]["seed"] for s in _schemas_with(served, "seed")]
+    seeds = [seed for seed in seeds if "minimum" in seed]
+    assert request["properties"]["seed"] in seeds and len(seeds) >= 5  # request and generators
+    for seed in seeds:
+        assert type(seed["maximum"]) is int and seed["maximum"] == 2**64 - 1, seed
+    # Other integer bounds are integers too (2147483647, not 2147483647.0).
+    normal = served["components"]["schemas"]["NormalTensor"]["properties"]["shape"]["items"]
+    assert type(normal["maximum"]) is int and type(normal["minimum"]) is int
+
+
 def test_every_operation_is_documented():
     schema = create_app(make_settings()).openapi()
     operation_ids = []
@@ -59,6 +85,11 @@ def test_capabilities_describe_a_valid_request(client):
     assert capabilities["devices"]["default"] == "cpu"
     assert capabilities["limits"]["max_parameters"] > 0
     assert "mean_abs" in capabilities["statistics"]
+
+
+def test_capabilities_limits_are_integers(client):
+    limits = client.get("/v1/capabilities").json()["limits"]
+    assert limits and all(type(value) is int for value in limits.values()), limits
 
 
 def test_health_and_readiness(client):

@@ -321,7 +321,7 @@ def test_gpt_initial_weights_are_the_course_weights():
 
 
 def test_gelu_activations_differ_in_the_fourth_digit(client):
-    # DESIGN §2: gelu_tanh and gelu are different activations.
+    # The lesson: gelu_tanh and gelu are different activations.
     base = {
         "model": {"kind": "mlp", "layer_sizes": [3, 3, 3, 3, 3, 1], "shortcut": True},
         "input": [[1.0, 0.0, -1.0]], "target": [[0.0]], "seed": 123,
@@ -332,27 +332,14 @@ def test_gelu_activations_differ_in_the_fourth_digit(client):
     assert 1e-4 < abs(a - b) / a < 1e-3  # measured: 7.7e-4
 
 
-@pytest.mark.parametrize("chunk", [16, 48, 1 << 22])
-def test_weights_drawn_in_chunks_are_the_course_weights(monkeypatch, make_client, chunk):
-    # The service draws large weights in chunks and hashes each chunk as it comes: the
-    # weights and their hash must be those of whole draws. Small chunks make every gpt-tiny
-    # weight a chunked one, with remainders under 16 elements (merged) and over.
-    from service.architectures import init as seeded
-    from service.architectures.modules import GPTModel as ServiceGPT
-    from service.diagnostics.models import hash_parameters
+def test_the_served_hash_is_the_hash_of_the_course_weights(make_client):
+    # The service hashes each parameter on a side thread as soon as it is drawn: the hash
+    # must be that of the weights plain PyTorch draws after torch.manual_seed.
+    from service.diagnostics.model_cache import hash_parameters
     from service.schemas.models import GPT_PRESETS
 
-    monkeypatch.setattr(seeded, "DRAW_CHUNK", chunk)
-    cfg = GPT_PRESETS["gpt-tiny"]
-    sizes: list[int] = []
-    ours = seeded.materialise(lambda: ServiceGPT(**cfg))
-    chunked = seeded.draw_in_chunks(lambda tensor, part: sizes.append(part.numel()))
-    seeded.initialise(ours, torch.Generator().manual_seed(7), draw=chunked)
     torch.manual_seed(7)
-    course = dict(GPTModel(cfg).named_parameters())
-    for name, param in ours.named_parameters():
-        assert torch.equal(param, course[name]), name
-    assert max(sizes) < chunk + 16
+    course = GPTModel(GPT_PRESETS["gpt-tiny"])
     body = {
         "model": {"kind": "gpt", "preset": "gpt-tiny"},
         "input": [[1, 2, 3]],
@@ -361,26 +348,4 @@ def test_weights_drawn_in_chunks_are_the_course_weights(monkeypatch, make_client
         "seed": 7,
     }
     report = diagnose(make_client(), body)
-    assert report["provenance"]["init_sha256"] == hash_parameters(ours)
-
-
-DRAWS = {
-    "normal": lambda t, g: t.normal_(generator=g),
-    "uniform": lambda t, g: t.uniform_(-2, 3, generator=g),
-}
-
-
-@pytest.mark.parametrize("draw", DRAWS)
-@pytest.mark.parametrize("chunk", [16, 48, 112])
-@pytest.mark.parametrize("size", [5, 100, 120, 1000])
-def test_chunked_draws_equal_whole_draws(monkeypatch, draw, chunk, size):
-    # normal_ redraws the last 16 elements of a tensor whose size is not a multiple of 16:
-    # 120 in chunks of 112 and 1000 in chunks of 16 leave remainders of 8, merged.
-    from service.architectures import init as seeded
-
-    monkeypatch.setattr(seeded, "DRAW_CHUNK", chunk)
-    fill = DRAWS[draw]
-    whole = fill(torch.empty(size), torch.Generator().manual_seed(3))
-    parts, generator = torch.empty(size), torch.Generator().manual_seed(3)
-    seeded.draw_in_chunks(lambda tensor, part: None)(parts, lambda p: fill(p, generator))
-    assert torch.equal(parts, whole)
+    assert report["provenance"]["init_sha256"] == hash_parameters(course)

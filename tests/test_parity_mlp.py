@@ -163,14 +163,14 @@ def test_largest_seed_is_accepted_and_deterministic(client):
 
 
 @pytest.fixture(scope="module")
-def eager_client() -> Iterator[TestClient]:
-    settings = make_settings(fused_statistics=False)
+def reference_client() -> Iterator[TestClient]:
+    settings = make_settings(native_statistics=False)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
 
 
 @pytest.mark.parametrize("index", range(0, 48, 6))
-def test_random_mlp_matches_plain_pytorch_with_eager_statistics(eager_client, index):
-    """The statistics path of a process without gcc (the default client runs the native one)."""
-    assert eager_client.get("/readyz").json()["model_cache"]["fused_statistics"] == "off"
-    test_random_mlp_matches_plain_pytorch(eager_client, index)
+def test_random_mlp_matches_plain_pytorch_with_reference_statistics(reference_client, index):
+    """The statistics path of a process without the kernel (the default runs the native one)."""
+    assert reference_client.get("/readyz").json()["statistics_kernel"] == "off"
+    test_random_mlp_matches_plain_pytorch(reference_client, index)

@@ -90,6 +90,34 @@ CASES = {
         sequential([{"type": "batch_norm"}], [1, 4]),
         "shape_mismatch", ["body", "model"], ["more than 1 value per channel"],
     ),
+    "mlp_flat_input": (
+        {"model": {"kind": "mlp", "layer_sizes": [3, 3, 1]}, "input": [1, 0, -1], "target": [[0.0]]},
+        "shape_mismatch", ["body", "input"], ["input has shape [3]", "(batch, 3)", "[[...]]"],
+    ),
+    "mlp_flat_input_and_target": (
+        {"model": {"kind": "mlp", "layer_sizes": [3, 3, 1]}, "input": [1, 0, -1], "target": [0.0]},
+        "shape_mismatch", ["body", "input"], ["input has shape [3]", "(batch, 3)", "[[...]]"],
+    ),
+    "mlp_flat_generated_input": (
+        {"model": {"kind": "mlp", "layer_sizes": [3, 1]}, "input": {"shape": [3], "distribution": "normal"}, "loss": "sum"},
+        "shape_mismatch", ["body", "input"], ["(batch, 3)"],
+    ),
+    "sequential_flat_input": (
+        {"model": {"kind": "sequential", "layers": [{"type": "linear", "out_features": 2}]}, "input": [1.0, 2.0], "loss": "sum"},
+        "shape_mismatch", ["body", "input"], ["input has shape [2]", "linear", "(batch, ...)", "[[...]]"],
+    ),
+    "sequential_flat_token_ids": (
+        {"model": {"kind": "sequential", "layers": [{"type": "embedding", "num_embeddings": 5, "embedding_dim": 2}]}, "input": [1, 2], "loss": "sum"},
+        "shape_mismatch", ["body", "input"], ["embedding", "(batch, tokens)", "[[...]]"],
+    ),
+    "sequential_flat_input_to_conv": (
+        sequential([{"type": "conv2d", "out_channels": 4, "kernel_size": 1}], [4]),
+        "shape_mismatch", ["body", "input"], ["conv2d", "(batch, channels, height, width)"],
+    ),
+    "gpt_flat_ids_hint": (
+        {"model": {"kind": "gpt", "preset": "gpt-micro"}, "input": [1, 2], "loss": "sum"},
+        "shape_mismatch", ["body", "input"], ["input has shape [2]", "(batch, tokens)", "[[...]]"],
+    ),
 }  # fmt: skip
 
 

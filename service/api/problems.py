@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from service.architectures.registry import TAG_VALUES
 from service.errors import GradiagError, pydantic_field_errors
 
 logger = logging.getLogger("gradiag")
@@ -85,7 +86,8 @@ def validation_problem(raw_errors: Any, body: Any = None) -> Response:
     """422 for pydantic errors; written so that it cannot fail on any error content."""
     try:
         # FastAPI's locations start with "body": walk them from a document that has one.
-        errors = [e.as_dict() for e in pydantic_field_errors(raw_errors, {"body": body})]
+        found = pydantic_field_errors(raw_errors, {"body": body}, tag_values=TAG_VALUES)
+        errors = [e.as_dict() for e in found]
     except Exception:  # a malformed error list must still give a clean answer
         errors = []
     first = errors[0] if errors else None

@@ -31,8 +31,8 @@ class Estimate:
 
 
 @dataclass(frozen=True)
-class ModelPlan:
-    """The result of checking a spec against its input: output shape and estimated cost."""
+class ModelSignature:
+    """A spec checked against its input: what it takes, what it gives, what it costs."""
 
     input_kind: InputKind
     output_shape: Shape
@@ -44,8 +44,8 @@ class ModelPlan:
 class ModelKind:
     """One registry entry: everything the service needs to know about a `model.kind`."""
 
-    # (spec, input shape, location of the request) -> plan; raises ShapeMismatch
-    plan: Callable[[Any, Shape, Loc], ModelPlan]
+    # (spec, input shape, location of the request) -> signature; raises ShapeMismatch
+    signature: Callable[[Any, Shape, Loc], ModelSignature]
     # (spec, input shape) -> module; called under `torch.device("meta")`: no random draws
     build: Callable[[Any, Shape], nn.Module]
     # module -> the (name, module) pairs reported as layers

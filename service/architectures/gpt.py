@@ -2,14 +2,14 @@
 
 from torch import nn
 
-from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
+from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.architectures.layers import attention_estimate
 from service.architectures.modules import GPTModel
 from service.errors import Loc, ShapeMismatch
 from service.schemas.models import GPTSpec
 
 
-def plan(spec: GPTSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
+def signature(spec: GPTSpec, input_shape: Shape, loc: Loc) -> ModelSignature:
     cfg = spec.config()
     if cfg["emb_dim"] % cfg["n_heads"]:
         raise ShapeMismatch.at(
@@ -17,8 +17,11 @@ def plan(spec: GPTSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
             f"n_heads={cfg['n_heads']} does not divide emb_dim={cfg['emb_dim']}",
         )
     if len(input_shape) != 2:
+        hint = ": wrap a single sequence as [[...]]" if len(input_shape) == 1 else ""
         raise ShapeMismatch.at(
-            (*loc, "input"), f"token ids of shape (batch, tokens) expected, got {list(input_shape)}"
+            (*loc, "input"),
+            f"input has shape {list(input_shape)}; a gpt takes token ids of shape "
+            f"(batch, tokens){hint}",
         )
     batch, tokens = input_shape
     if tokens > cfg["context_length"]:
@@ -43,7 +46,7 @@ def plan(spec: GPTSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
     )
     estimate = embeddings + blocks + head
     output = (batch, tokens, vocab)
-    return ModelPlan("int", output, estimate, input_classes=vocab)
+    return ModelSignature("int", output, estimate, input_classes=vocab)
 
 
 def build(spec: GPTSpec, input_shape: Shape) -> nn.Module:
@@ -56,4 +59,4 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"trf_blocks.{i}", block) for i, block in enumerate(module.trf_blocks)]
 
 
-GPT_KIND = ModelKind(plan=plan, build=build, layers=layers)
+GPT_KIND = ModelKind(signature=signature, build=build, layers=layers)

@@ -137,7 +137,7 @@ def _pool_build(spec: Any, shape: Shape) -> nn.Module:
 
 # embedding -----------------------------------------------------------------------------------
 def _embedding_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
-    # That it is the first layer (it takes the token ids) is checked by the sequential plan.
+    # That it is the first layer (it takes the token ids) is checked by the sequential signature.
     out = (*shape, spec.embedding_dim)
     return out, Estimate(spec.num_embeddings * spec.embedding_dim, math.prod(out), 0, 1)
 

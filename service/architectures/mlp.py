@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from service.architectures.activations import ACTIVATIONS, make_activation
-from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
+from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.errors import Loc, ShapeMismatch
 from service.schemas.models import MLPSpec
 
@@ -32,9 +32,16 @@ class MLP(nn.Module):
         return x
 
 
-def plan(spec: MLPSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
+def signature(spec: MLPSpec, input_shape: Shape, loc: Loc) -> ModelSignature:
     sizes = spec.layer_sizes
-    if not input_shape or input_shape[-1] != sizes[0]:
+    if len(input_shape) < 2:  # the batch dimension comes first: a flat list has none
+        fits = bool(input_shape) and input_shape[-1] == sizes[0]
+        raise ShapeMismatch.at(
+            (*loc, "input"),
+            f"input has shape {list(input_shape)}; an mlp takes (batch, {sizes[0]})"
+            + (": wrap a single sample as [[...]]" if fits else " (model.layer_sizes[0])"),
+        )
+    if input_shape[-1] != sizes[0]:
         raise ShapeMismatch.at(
             (*loc, "input"),
             f"input has shape {list(input_shape)}; the mlp expects a last dimension of "
@@ -52,7 +59,7 @@ def plan(spec: MLPSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
         flops=6 * rows * weights,
         layers=len(sizes) - 1,
     )
-    return ModelPlan("float", (*input_shape[:-1], sizes[-1]), estimate)
+    return ModelSignature("float", (*input_shape[:-1], sizes[-1]), estimate)
 
 
 def build(spec: MLPSpec, input_shape: Shape) -> nn.Module:
@@ -64,4 +71,4 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"layers.{i}", layer) for i, layer in enumerate(module.layers)]
 
 
-MLP_KIND = ModelKind(plan=plan, build=build, layers=layers)
+MLP_KIND = ModelKind(signature=signature, build=build, layers=layers)

@@ -145,11 +145,11 @@ class TransformerBlock(nn.Module):
         self.drop_shortcut = SeededDropout(drop_rate)
 
     def _sublayer(self, x: torch.Tensor, branch: nn.Module, norm_name: str) -> torch.Tensor:
-        norm = getattr(self, norm_name, None)
-        out = self.drop_shortcut(branch(norm(x) if self.norm == "pre" else x))
+        norm: nn.Module | None = getattr(self, norm_name, None)
+        out = self.drop_shortcut(branch(norm(x) if norm is not None and self.norm == "pre" else x))
         if self.shortcut:
             out = out + x
-        return norm(out) if self.norm == "post" else out
+        return norm(out) if norm is not None and self.norm == "post" else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._sublayer(x, self.att, "norm1")

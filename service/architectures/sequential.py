@@ -5,9 +5,10 @@ from typing import Any
 
 from torch import nn
 
-from service.architectures.base import ModelKind, ModelPlan, Shape
+from service.architectures.base import ModelKind, ModelSignature, Shape
 from service.architectures.layers import build_layers, infer_layers
 from service.errors import Loc, ShapeMismatch
+from service.schemas.layers import EmbeddingLayer
 from service.schemas.models import SequentialSpec
 
 
@@ -33,18 +34,47 @@ def _misplaced_embedding(layers: Sequence[Any], loc: Loc, top: bool) -> Loc | No
     return None
 
 
-def plan(spec: SequentialSpec, input_shape: Shape, loc: Loc) -> ModelPlan:
+# First layers that take more than (batch, features): wrapping a flat list once is not enough.
+_TAKES = {
+    "conv1d": "(batch, channels, length)",
+    "conv2d": "(batch, channels, height, width)",
+    "max_pool2d": "(batch, channels, height, width)",
+    "avg_pool2d": "(batch, channels, height, width)",
+    "attention": "(batch, tokens, features)",
+    "transformer_block": "(batch, tokens, features)",
+}
+
+
+def _check_batch(first: Any, input_shape: Shape, loc: Loc) -> None:
+    """Every layer takes a batch first, so a 1-d input lacks it whatever the first layer."""
+    if len(input_shape) >= 2:
+        return
+    if first.type == "embedding":
+        takes, hint = "token ids of shape (batch, tokens)", ": wrap a single sequence as [[...]]"
+    elif first.type in _TAKES:
+        takes, hint = _TAKES[first.type], ""
+    else:
+        takes, hint = "(batch, ...)", ": wrap a single sample as [[...]]"
+    raise ShapeMismatch.at(
+        (*loc, "input"),
+        f"input has shape {list(input_shape)}; a sequential model whose first layer is "
+        f"{first.type} takes {takes}{hint}",
+    )
+
+
+def signature(spec: SequentialSpec, input_shape: Shape, loc: Loc) -> ModelSignature:
     layers_loc = (*loc, "model", "layers")
     misplaced = _misplaced_embedding(spec.layers, layers_loc, top=True)
     if misplaced:
         raise ShapeMismatch.at(
             misplaced, "an embedding takes the token ids: it can only be the first layer"
         )
-    output, estimate = infer_layers(spec.layers, input_shape, layers_loc)
     first = spec.layers[0]
-    if first.type == "embedding":
-        return ModelPlan("int", output, estimate, input_classes=first.num_embeddings)
-    return ModelPlan("float", output, estimate)
+    _check_batch(first, input_shape, loc)
+    output, estimate = infer_layers(spec.layers, input_shape, layers_loc)
+    if isinstance(first, EmbeddingLayer):
+        return ModelSignature("int", output, estimate, input_classes=first.num_embeddings)
+    return ModelSignature("float", output, estimate)
 
 
 def build(spec: SequentialSpec, input_shape: Shape) -> nn.Module:
@@ -57,4 +87,6 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"layers.{i}", layer) for i, layer in enumerate(module.layers)]
 
 
-SEQUENTIAL_KIND = ModelKind(plan=plan, build=build, layers=layers, build_uses_input_shape=True)
+SEQUENTIAL_KIND = ModelKind(
+    signature=signature, build=build, layers=layers, build_uses_input_shape=True
+)

@@ -3,6 +3,7 @@
 from typing import Any
 
 from service.diagnostics.verdicts import ratio
+from service.schemas.reports import CompareReport, DiagnosticsReport, Ratios, Stats
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -18,20 +19,33 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def _mean_abs(entries: list[dict[str, Any]], stats_key: str) -> dict[str, float | None]:
-    return {e["name"]: (e[stats_key] or {}).get("mean_abs") for e in entries}
+def _mean_abs(stats: Stats | None) -> float | None:
+    return stats["mean_abs"] if stats is not None else None
 
 
-def compare(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _by_name(report: DiagnosticsReport) -> dict[str, dict[str, float | None]]:
+    """Mean |grad| of each parameter and of each layer's output gradient, by name."""
+    return {
+        "parameters": {p["name"]: _mean_abs(p["grad"]) for p in report["parameters"]},
+        "layers": {layer["name"]: _mean_abs(layer["output_grad"]) for layer in report["layers"]},
+    }
+
+
+def _ratios(
+    values: dict[str, dict[str, dict[str, float | None]]], baseline: str, section: str
+) -> dict[str, dict[str, float | None]]:
+    return {
+        name: {run: ratio(by_name[section].get(name), reference) for run, by_name in values.items()}
+        for name, reference in values[baseline][section].items()
+    }
+
+
+def compare(runs: dict[str, DiagnosticsReport]) -> CompareReport:
     """Per parameter and per layer: each run's mean |grad| over the first run's."""
-    baseline_name = next(iter(runs))
-    ratios: dict[str, dict[str, dict[str, float | None]]] = {"parameters": {}, "layers": {}}
-    for section, stats_key in (("parameters", "grad"), ("layers", "output_grad")):
-        baseline = _mean_abs(runs[baseline_name][section], stats_key)
-        for name in baseline:
-            ratios[section][name] = {}
-        for run_name, report in runs.items():
-            values = _mean_abs(report[section], stats_key)
-            for name, reference in baseline.items():
-                ratios[section][name][run_name] = ratio(values.get(name), reference)
-    return {"baseline": baseline_name, "runs": runs, "ratios": ratios}
+    baseline = next(iter(runs))
+    values = {name: _by_name(report) for name, report in runs.items()}
+    ratios: Ratios = {
+        "parameters": _ratios(values, baseline, "parameters"),
+        "layers": _ratios(values, baseline, "layers"),
+    }
+    return {"baseline": baseline, "runs": runs, "ratios": ratios}

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from service.architectures.base import Estimate, ModelKind, ModelPlan, Shape
+from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
 from service.diagnostics.tensors import probe_shape
@@ -31,7 +31,7 @@ class RunPlan:
 
     request: DiagnosticsRequest
     kind: ModelKind
-    model: ModelPlan
+    model: ModelSignature
     input_shape: Shape
     target_shape: Shape | None
     target_integers: bool
@@ -115,7 +115,7 @@ def plan_run(
         )
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
-    model = kind.plan(request.model, input_shape, loc)
+    model = kind.signature(request.model, input_shape, loc)
     target_shape, target_integers = _target(request, model.output_shape, loc)
     _check_generated_ids(request.input, model.input_classes, (*loc, "input"), "token id")
     if target_integers:

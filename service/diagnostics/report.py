@@ -1,13 +1,15 @@
 """Report assembly: parameter and layer entries, layer signals, findings."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Literal
 
-from service.diagnostics.columns import Stats
 from service.diagnostics.verdicts import LayerSignal, ratio
+from service.schemas.reports import ParameterReport, Stats
 
 
-def weighted_mean(stats: Sequence[Stats], key: str) -> float | None:
+def weighted_mean(
+    stats: Sequence[Stats], key: Literal["mean_abs", "zero_fraction"]
+) -> float | None:
     """The mean of `key` over several tensors, weighted by their sizes."""
     total = count = 0.0
     for entry in stats:
@@ -21,7 +23,7 @@ def weighted_mean(stats: Sequence[Stats], key: str) -> float | None:
 
 def parameter_report(
     name: str, shape: list[int], layer: str | None, grad: Stats | None, value: Stats
-) -> dict[str, Any]:
+) -> ParameterReport:
     update_scale = ratio(grad["l2_norm"] if grad else None, value["l2_norm"])
     return {
         "name": name,
@@ -56,7 +58,7 @@ def layer_signal(
     )
 
 
-def parameter_findings(parameters: list[dict[str, Any]]) -> list[str]:
+def parameter_findings(parameters: list[ParameterReport]) -> list[str]:
     findings = []
     nonfinite = [p["name"] for p in parameters if p["grad"] and p["grad"]["nonfinite_count"]]
     if nonfinite:

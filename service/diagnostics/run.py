@@ -11,25 +11,24 @@ import platform
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
 import service
 from service.diagnostics.losses import LOSSES
-from service.diagnostics.models import DTYPES, InitialModel, ModelCache
+from service.diagnostics.model_cache import DTYPES, InitialModel, ModelCache
 from service.diagnostics.plan import RunPlan
-from service.diagnostics.reductions import Reductions
 from service.diagnostics.report import (
     layer_signal,
     parameter_findings,
     parameter_report,
     weighted_mean,
 )
-from service.diagnostics.statistics import Stats
-from service.diagnostics.tensors import materialise
+from service.diagnostics.stats import Statistics
+from service.diagnostics.tensors import tensor_from_payload
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
+from service.schemas.reports import DiagnosticsReport, LayerReport, Stats, Timing
 
 logger = logging.getLogger("gradiag")
 
@@ -85,19 +84,38 @@ class _Clock:
         self.laps[name] = round((now - self.last) * 1000, 4)
         self.last = now
 
+    def timing(self, started: float) -> Timing:
+        laps = self.laps
+        total = round((time.perf_counter() - started) * 1000, 4)
+        return Timing(
+            build=laps["build"],
+            forward=laps["forward"],
+            backward=laps["backward"],
+            statistics=laps["statistics"],
+            total=total,
+        )
+
 
 def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     request, dtype = plan.request, DTYPES[plan.dtype]
     input_loc, target_loc = (*plan.loc, "input"), (*plan.loc, "target")
-    inputs = materialise(
-        request.input, plan.input_shape, plan.model.input_kind == "int", dtype, input_loc
+    integers = plan.model.input_kind == "int"
+    inputs = tensor_from_payload(
+        request.input, plan.input_shape, integers, dtype, input_loc, ids="token id"
     )
     if plan.model.input_classes is not None:
         _check_ids(inputs, plan.model.input_classes, input_loc, "token id")
     target = None
     if plan.target_shape is not None:
-        target = materialise(
-            request.target, plan.target_shape, plan.target_integers, dtype, target_loc
+        output = list(plan.model.output_shape)
+        target = tensor_from_payload(
+            request.target,
+            plan.target_shape,
+            plan.target_integers,
+            dtype,
+            target_loc,
+            ids="class id",
+            note=f"for class probabilities, give a target of the output's shape {output}",
         )
         if plan.target_integers:
             _check_ids(target, plan.model.output_shape[-1], target_loc, "class id")
@@ -105,7 +123,7 @@ def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return inputs.to(device), target
 
 
-def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> dict[str, Any]:
+def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> DiagnosticsReport:
     """Run one forward and backward pass of the plan's initial model, and report."""
     device = torch.device(plan.device)
     clock = _Clock(device)
@@ -115,7 +133,7 @@ def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> dict[str,
     try:
         _check(cancel)
         clock.lap("build")
-        return _diagnose(plan, model, inputs, target, cancel, clock, started, models.reductions)
+        return _diagnose(plan, model, inputs, target, cancel, clock, started, models.statistics)
     finally:
         models.checkin(model)
 
@@ -128,8 +146,8 @@ def _diagnose(
     cancel: threading.Event,
     clock: _Clock,
     started: float,
-    reductions: Reductions,
-) -> dict[str, Any]:
+    statistics: Statistics,
+) -> DiagnosticsReport:
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
     model.capture.start(cancel, plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS)
@@ -137,9 +155,9 @@ def _diagnose(
         output = module(inputs)
         loss = LOSSES[request.loss](output, target)
         clock.lap("forward")
-        # `backward()` rather than `autograd.grad(...)`: on the CPU the latter took twice as
-        # long for gpt2-small (measured), the gradients being the same.
-        loss.backward()
+        # `backward` rather than `autograd.grad(...)`: on the CPU the latter took twice as
+        # long for gpt2-small, the gradients being the same.
+        torch.autograd.backward(loss)
         _check(cancel)
         clock.lap("backward")
 
@@ -147,7 +165,8 @@ def _diagnose(
     param_grads = [p.grad for _, p in named]
     output_grads = [t.grad if t is not None else None for t in outputs]
     present = [t for t in (*param_grads, *outputs, *output_grads) if t is not None]
-    stats = iter(reductions.summarise([loss.detach().reshape(1), *present]))
+    summary = statistics.summarise([loss.detach().reshape(1), *present])
+    stats = iter(summary.stats)
     loss_value = next(stats)["mean"]
     grad_stats = [next(stats) if g is not None else None for g in param_grads]
     output_stats = [next(stats) if t is not None else None for t in outputs]
@@ -174,7 +193,7 @@ def _diagnose(
         for i, ((name, _), own) in enumerate(zip(layers, own_grads, strict=True))
     ]
     verdicts = judge(signals, loss_value is not None, thresholds)
-    report_layers = [
+    report_layers: list[LayerReport] = [
         {
             "index": i,
             "name": name,
@@ -187,7 +206,6 @@ def _diagnose(
         }
         for i, ((name, _), out) in enumerate(zip(layers, outputs, strict=True))
     ]
-    clock.laps["total"] = round((time.perf_counter() - started) * 1000, 4)
     return {
         "loss": loss_value,
         "output_shape": list(output.shape),
@@ -209,6 +227,7 @@ def _diagnose(
             "mode": request.mode,
             "init_sha256": model.init_sha256,
             "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "statistics": summary.path,
         },
-        "timing_ms": clock.laps,
+        "timing_ms": clock.timing(started),
     }

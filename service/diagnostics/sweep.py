@@ -4,9 +4,11 @@ import itertools
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from service.errors import InvalidRequest, Loc
+from service.schemas.reports import DiagnosticsReport, Stats
+from service.schemas.sweeps import MeanStd, SeedGroup, SweepReport, SweepRun
 
 SEED_AXIS = "seed"
 
@@ -55,7 +57,11 @@ def expand(
     return combos
 
 
-def summarise_run(axes: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def _stat(stats: Stats | None, key: Literal["mean_abs", "l2_norm"]) -> float | None:
+    return stats[key] if stats is not None else None
+
+
+def summarise_run(axes: dict[str, Any], report: DiagnosticsReport) -> SweepRun:
     return {
         "axes": axes,
         "loss": report["loss"],
@@ -64,7 +70,7 @@ def summarise_run(axes: dict[str, Any], report: dict[str, Any]) -> dict[str, Any
         "layers": [
             {
                 "name": layer["name"],
-                "output_grad_mean_abs": (layer["output_grad"] or {}).get("mean_abs"),
+                "output_grad_mean_abs": _stat(layer["output_grad"], "mean_abs"),
                 "param_grad_mean_abs": layer["param_grad_mean_abs"],
                 "relative_to_last": layer["relative_to_last"],
                 "verdict": layer["verdict"],
@@ -74,15 +80,15 @@ def summarise_run(axes: dict[str, Any], report: dict[str, Any]) -> dict[str, Any
         "parameters": [
             {
                 "name": p["name"],
-                "grad_mean_abs": (p["grad"] or {}).get("mean_abs"),
-                "grad_l2_norm": (p["grad"] or {}).get("l2_norm"),
+                "grad_mean_abs": _stat(p["grad"], "mean_abs"),
+                "grad_l2_norm": _stat(p["grad"], "l2_norm"),
             }
             for p in report["parameters"]
         ],
     }
 
 
-def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
+def _mean_std(values: Sequence[float | None]) -> MeanStd:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if len(finite) != len(values) or not finite:
         return {"mean": None, "std": None, "n": len(finite)}
@@ -90,13 +96,13 @@ def _mean_std(values: Sequence[float | None]) -> dict[str, Any]:
     return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
 
 
-def across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def across_seeds(runs: Sequence[SweepRun]) -> list[SeedGroup]:
     """Group runs by every axis but `seed`; per layer name, mean and std across seeds."""
-    groups: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    groups: dict[str, tuple[dict[str, Any], list[SweepRun]]] = {}
     for run in runs:
         axes = {k: v for k, v in run["axes"].items() if k != SEED_AXIS}
         groups.setdefault(repr(sorted(axes.items())), (axes, []))[1].append(run)
-    summaries = []
+    summaries: list[SeedGroup] = []
     for axes, members in groups.values():
         by_name = [{layer["name"]: layer for layer in m["layers"]} for m in members]
         per_name = {
@@ -125,7 +131,7 @@ def across_seeds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return summaries
 
 
-def sweep_report(runs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+def sweep_report(runs: Sequence[tuple[dict[str, Any], DiagnosticsReport]]) -> SweepReport:
     summaries = [summarise_run(axes, report) for axes, report in runs]
     has_seed_axis = bool(summaries) and SEED_AXIS in summaries[0]["axes"]
     return {"runs": summaries, "across_seeds": across_seeds(summaries) if has_seed_axis else None}

@@ -1,4 +1,4 @@
-"""Tensor payloads to tensors: shape probing (cheap), strict checking and materialising."""
+"""Tensor payloads to tensors: shape probing (cheap), strict checking, then the tensor."""
 
 import math
 from typing import Any
@@ -39,12 +39,17 @@ def _first_bad(row: list[Any], integers: bool) -> int:
     return -1
 
 
-def check_values(data: list[Any], shape: Shape, integers: bool, loc: Loc) -> float:
+def check_values(
+    data: list[Any], shape: Shape, integers: bool, loc: Loc, ids: str = "id", note: str = ""
+) -> float:
     """Rectangular, numbers only (integers where `integers`), finite; errors name the element.
+    A non-integer where integers are expected is said with what they are (`ids`, "class id")
+    and, if given, a `note` on the other form the tensor may take.
 
     Returns the largest magnitude, so that a cast that would overflow can be refused.
     """
-    kind = "an integer" if integers else "a finite number"
+    kind = f"an integer {ids}" if integers else "a finite number"
+    suffix = f" ({note})" if integers and note else ""
     last = len(shape) - 1
     peak = 0.0
     stack: list[tuple[Any, Loc, int]] = [(data, loc, 0)]
@@ -61,7 +66,7 @@ def check_values(data: list[Any], shape: Shape, integers: bool, loc: Loc) -> flo
             continue
         bad = _first_bad(node, integers)
         if bad >= 0:
-            raise InvalidTensor.at((*where, bad), f"expected {kind}, got {node[bad]!r}")
+            raise InvalidTensor.at((*where, bad), f"expected {kind}, got {node[bad]!r}{suffix}")
         if not integers and not all(math.isfinite(v) for v in node):
             bad = next(i for i, v in enumerate(node) if not math.isfinite(v))
             raise InvalidTensor.at((*where, bad), f"expected {kind}, got {node[bad]!r}")
@@ -83,15 +88,22 @@ def _generate(payload: Any) -> torch.Tensor:
     return fill(shape)
 
 
-def materialise(
-    payload: Any, shape: Shape, integers: bool, dtype: torch.dtype, loc: Loc
+def tensor_from_payload(
+    payload: Any,
+    shape: Shape,
+    integers: bool,
+    dtype: torch.dtype,
+    loc: Loc,
+    ids: str = "id",
+    note: str = "",
 ) -> torch.Tensor:
     """The tensor a payload describes, on the CPU: int64 ids if `integers`, else `dtype`.
+    `ids` and `note` word the error of a non-integer id, as in `check_values`.
 
     Generated floats are drawn in float32 (as `torch.randn` does by default), then cast.
     """
     if isinstance(payload, list):
-        peak = check_values(payload, shape, integers, loc)
+        peak = check_values(payload, shape, integers, loc, ids, note)
         if not integers and peak > torch.finfo(dtype).max:
             raise _overflow(dtype, loc)
         try:
@@ -101,7 +113,10 @@ def materialise(
     tensor = _generate(payload)
     if integers:
         if tensor.is_floating_point():
-            raise InvalidTensor.at(loc, "integer ids expected: use distribution 'randint'")
+            suffix = f" ({note})" if note else ""
+            raise InvalidTensor.at(
+                loc, f"integer {ids}s expected: use distribution 'randint'{suffix}"
+            )
         return tensor
     tensor = tensor.to(dtype)
     if not torch.isfinite(tensor).all():  # a huge std or mean can overflow

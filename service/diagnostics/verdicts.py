@@ -3,10 +3,11 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from service.schemas.reports import Verdict
 from service.schemas.requests import Thresholds
 
 # Worst first: the diagnosis takes the worst verdict of any layer.
-SEVERITY = ("non_finite", "exploding", "vanishing", "dead", "healthy")
+SEVERITY: tuple[Verdict, ...] = ("non_finite", "exploding", "vanishing", "dead", "healthy")
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,9 @@ class LayerSignal:
 
 @dataclass(frozen=True)
 class Verdicts:
-    per_layer: list[str]
+    per_layer: list[Verdict]
     relative: list[float | None]
-    verdict: str
+    verdict: Verdict
     first_to_last: float | None
     findings: list[str]
 
@@ -38,10 +39,11 @@ def ratio(value: float | None, reference: float | None) -> float | None:
 def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Thresholds) -> Verdicts:
     """Apply the thresholds; findings say in words what the numbers say."""
     reference = next((s.metric for s in reversed(layers) if s.metric is not None), None)
-    per_layer: list[str] = []
+    per_layer: list[Verdict] = []
     relative: list[float | None] = []
     findings: list[str] = []
     for signal in layers:
+        verdict: Verdict
         relative_to_last = ratio(signal.metric, reference)
         relative.append(relative_to_last)
         if signal.nonfinite:
@@ -68,7 +70,7 @@ def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Threshol
         else:
             verdict = "healthy"
         per_layer.append(verdict)
-    overall = min(per_layer, key=SEVERITY.index, default="healthy")
+    overall: Verdict = min(per_layer, key=SEVERITY.index, default="healthy")
     if not loss_finite:
         findings.insert(0, "the loss is NaN or infinite")
         overall = "non_finite"

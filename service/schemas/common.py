@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="a seed in [0, 2**64)")]
+SEED_MAX = 2**64 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description="a seed in [0, 2**64)")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Size = Annotated[int, Field(ge=1, le=2**31 - 1)]

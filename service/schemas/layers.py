@@ -29,7 +29,7 @@ class LinearLayer(StrictModel):
 
 
 class ActivationLayer(StrictModel):
-    """An activation module, by name (`gelu_tanh` is the course"s tanh GELU)."""
+    """An activation module, by name (`gelu_tanh` is the course's tanh GELU)."""
 
     model_config = example({"type": "gelu_tanh"})
 
@@ -121,7 +121,7 @@ class EmbeddingLayer(StrictModel):
 
 
 class AttentionLayer(StrictModel):
-    """Multi-head self-attention on (N, T, D), the course"s MultiHeadAttention:
+    """Multi-head self-attention on (N, T, D), the course's MultiHeadAttention:
     W_query, W_key, W_value (bias = qkv_bias), softmax(QKᵀ/√head_dim), dropout on the
     weights, out_proj."""
 
@@ -135,7 +135,7 @@ class AttentionLayer(StrictModel):
 
 
 class TransformerBlockLayer(StrictModel):
-    """The course"s TransformerBlock on (N, T, D): att, ff (Linear(D, ff_mult·D), tanh GELU,
+    """The course's TransformerBlock on (N, T, D): att, ff (Linear(D, ff_mult·D), tanh GELU,
     Linear), norm1, norm2 (LayerNorm with scale/shift), dropout on each branch."""
 
     model_config = example({"type": "transformer_block", "heads": 4, "norm": "pre"})

@@ -1,6 +1,6 @@
 """Model specs: architectures as data, a discriminated union on `kind`."""
 
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, get_args
 
 from pydantic import Field, model_validator
 
@@ -8,7 +8,10 @@ from service.architectures.activations import ACTIVATIONS
 from service.schemas.common import Size, StrictModel, example
 from service.schemas.layers import LayerSpec
 
-ActivationName = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # the names are known at run time only, from the registry
+    ActivationName = str
+else:
+    ActivationName = Literal[tuple(ACTIVATIONS)]
 
 
 class MLPSpec(StrictModel):

@@ -1,13 +1,17 @@
-"""Response bodies. Statistics that are NaN or infinite are `null`; counts say why."""
+"""Response bodies, defined once: the domain builds these dictionaries (checked statically)
+and the OpenAPI document describes them. Statistics that are NaN or infinite are `null`;
+counts say why."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 Verdict = Literal["healthy", "vanishing", "exploding", "dead", "non_finite"]
+StatisticsPath = Literal["native", "tiled", "reference"]
 
 
-class Stats(BaseModel):
+class Stats(TypedDict):
     """Summary statistics of one tensor (population std; fractions of all elements)."""
 
     mean_abs: float | None
@@ -18,43 +22,43 @@ class Stats(BaseModel):
     std: float | None
     min: float | None
     max: float | None
-    zero_fraction: float
+    zero_fraction: float | None
     nonfinite_count: int
     numel: int
 
 
-class ParameterReport(BaseModel):
-    name: str = Field(description="PyTorch's own name, from named_parameters()")
-    layer: str | None = Field(description="the reported layer holding it")
+class ParameterReport(TypedDict):
+    name: Annotated[str, Field(description="PyTorch's own name, from named_parameters()")]
+    layer: Annotated[str | None, Field(description="the reported layer holding it")]
     shape: list[int]
-    grad: Stats | None = Field(description="null when the parameter got no gradient")
+    grad: Annotated[Stats | None, Field(description="null when the parameter got no gradient")]
     value: Stats
-    grad_to_value_ratio: float | None = Field(description="‖grad‖₂ / ‖value‖₂")
+    grad_to_value_ratio: Annotated[float | None, Field(description="‖grad‖₂ / ‖value‖₂")]
 
 
-class LayerReport(BaseModel):
+class LayerReport(TypedDict):
     index: int
     name: str
     output_shape: list[int]
-    output: Stats
-    output_grad: Stats | None = Field(description="statistics of dL/d(output)")
-    param_grad_mean_abs: float | None = Field(
-        description="mean |grad| over all parameters of the layer"
-    )
-    relative_to_last: float | None = Field(
-        description="this layer's verdict metric divided by the last layer's"
-    )
+    output: Stats | None
+    output_grad: Annotated[Stats | None, Field(description="statistics of dL/d(output)")]
+    param_grad_mean_abs: Annotated[
+        float | None, Field(description="mean |grad| over all parameters of the layer")
+    ]
+    relative_to_last: Annotated[
+        float | None, Field(description="this layer's verdict metric divided by the last layer's")
+    ]
     verdict: Verdict
 
 
-class Diagnosis(BaseModel):
+class Diagnosis(TypedDict):
     verdict: Verdict
     metric: str
     first_to_last_ratio: float | None
     findings: list[str]
 
 
-class Provenance(BaseModel):
+class Provenance(TypedDict):
     service_version: str
     torch_version: str
     python_version: str
@@ -62,11 +66,20 @@ class Provenance(BaseModel):
     dtype: str
     seed: int
     mode: str
-    init_sha256: str = Field(description="sha256 of the initial parameters, in order, as bytes")
+    init_sha256: Annotated[
+        str, Field(description="sha256 of the initial parameters, in order, as bytes")
+    ]
     deterministic: bool
+    statistics: Annotated[
+        StatisticsPath,
+        Field(
+            description="how the statistics were computed: `native` (the CPU kernel), `tiled` "
+            "(accelerators) or `reference` (plain torch, where the kernel is not built)"
+        ),
+    ]
 
 
-class Timing(BaseModel):
+class Timing(TypedDict):
     build: float
     forward: float
     backward: float
@@ -74,7 +87,7 @@ class Timing(BaseModel):
     total: float
 
 
-class DiagnosticsReport(BaseModel):
+class DiagnosticsReport(TypedDict):
     loss: float | None
     output_shape: list[int]
     parameters: list[ParameterReport]
@@ -84,14 +97,14 @@ class DiagnosticsReport(BaseModel):
     timing_ms: Timing
 
 
-class Ratios(BaseModel):
+class Ratios(TypedDict):
     """Each variant's mean |grad| divided by the baseline variant's, by name."""
 
     parameters: dict[str, dict[str, float | None]]
     layers: dict[str, dict[str, float | None]]
 
 
-class CompareReport(BaseModel):
+class CompareReport(TypedDict):
     baseline: str
     runs: dict[str, DiagnosticsReport]
     ratios: Ratios

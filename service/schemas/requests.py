@@ -1,6 +1,6 @@
 """Request bodies of the diagnostics endpoints."""
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -10,7 +10,10 @@ from service.schemas.common import PositiveFloat, Seed, StrictModel
 from service.schemas.models import ModelSpec
 from service.schemas.tensors import TensorPayload
 
-LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # the names are known at run time only, from the registry
+    LossName = str
+else:
+    LossName = Literal[tuple(LOSSES)]
 VerdictMetric = Literal["output_grad", "param_grad"]
 
 LESSON_REQUEST: dict[str, Any] = {

@@ -2,9 +2,11 @@
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from service.schemas.common import StrictModel
+from service.schemas.reports import Verdict
 from service.schemas.requests import LESSON_REQUEST
 
 AxisPath = Annotated[
@@ -34,7 +36,11 @@ class SweepRequest(StrictModel):
                     "axes": [
                         {
                             "path": "model.layer_sizes",
-                            "values": [[3, 3, 3, 1], [3, 3, 3, 3, 3, 1], [3] * 9 + [1]],
+                            "values": [
+                                [3, 3, 3, 1],
+                                [3, 3, 3, 3, 3, 1],
+                                [3, 3, 3, 3, 3, 3, 3, 3, 3, 1],
+                            ],
                         },
                         {"path": "model.shortcut", "values": [False, True]},
                         {"path": "seed", "values": [1, 2, 3, 4, 5]},
@@ -56,52 +62,53 @@ class SweepRequest(StrictModel):
         return axes
 
 
-class LayerSummary(BaseModel):
+class LayerSummary(TypedDict):
     name: str
     output_grad_mean_abs: float | None
     param_grad_mean_abs: float | None
     relative_to_last: float | None
-    verdict: str
+    verdict: Verdict
 
 
-class ParameterSummary(BaseModel):
+class ParameterSummary(TypedDict):
     name: str
     grad_mean_abs: float | None
     grad_l2_norm: float | None
 
 
-class SweepRun(BaseModel):
-    axes: dict[str, Any] = Field(description="path -> the value of this run")
+class SweepRun(TypedDict):
+    axes: Annotated[dict[str, Any], Field(description="path -> the value of this run")]
     loss: float | None
-    verdict: str
+    verdict: Verdict
     first_to_last_ratio: float | None
     layers: list[LayerSummary]
     parameters: list[ParameterSummary]
 
 
-class MeanStd(BaseModel):
+class MeanStd(TypedDict):
     mean: float | None
-    std: float | None = Field(description="sample standard deviation; null for one value")
+    std: Annotated[float | None, Field(description="sample standard deviation; null for one value")]
     n: int
 
 
-class LayerAcrossSeeds(BaseModel):
+class LayerAcrossSeeds(TypedDict):
     name: str
     output_grad_mean_abs: MeanStd
     param_grad_mean_abs: MeanStd
 
 
-class SeedGroup(BaseModel):
+class SeedGroup(TypedDict):
     """The runs that differ only in `seed`: statistics across seeds."""
 
-    axes: dict[str, Any] = Field(description="the values of the other axes")
+    axes: Annotated[dict[str, Any], Field(description="the values of the other axes")]
     seeds: list[Any]
     first_to_last_ratio: MeanStd
     layers: list[LayerAcrossSeeds]
 
 
-class SweepReport(BaseModel):
+class SweepReport(TypedDict):
     runs: list[SweepRun]
-    across_seeds: list[SeedGroup] | None = Field(
-        description="present when `seed` is an axis: mean and std per layer across seeds"
-    )
+    across_seeds: Annotated[
+        list[SeedGroup] | None,
+        Field(description="present when `seed` is an axis: mean and std per layer across seeds"),
+    ]

@@ -5,7 +5,7 @@ domain before conversion, so that an error can name the exact element; the schem
 documents the accepted shape for clients and generators of test data.
 """
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
 
@@ -100,6 +100,12 @@ TensorGenerator = Annotated[
     NormalTensor | UniformTensor | RandintTensor | ConstantTensor,
     Field(discriminator="distribution"),
 ]
+# The values of `distribution`, in the union's order.
+DISTRIBUTIONS: tuple[str, ...] = tuple(
+    value
+    for member in get_args(get_args(TensorGenerator)[0])
+    for value in get_args(member.model_fields["distribution"].annotation)
+)
 
 
 def _payload_tag(value: Any) -> str | None:

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.deps import RunnerDep
+from service.api.deps import RunServiceDep
 from service.api.runs import RUN_ERRORS, json_response, until_disconnected
 from service.api.strict_json import StrictJSONRoute
 from service.schemas.reports import CompareReport, DiagnosticsReport
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=S
     summary="Diagnose gradient flow in one model",
 )
 async def run_diagnostics(
-    body: DiagnosticsRequest, request: Request, runner: RunnerDep
+    body: DiagnosticsRequest, request: Request, runs: RunServiceDep
 ) -> Response:
     """Build the model described by `model` with weights drawn as after
     `torch.manual_seed(seed)`, run one forward pass on `input`, the `loss` against `target`
@@ -33,7 +33,7 @@ async def run_diagnostics(
     finding. Requests that do not fit the architecture or the budget are refused with 422
     before anything is allocated.
     """
-    return json_response(await until_disconnected(request, runner.diagnose(body)))
+    return json_response(await until_disconnected(request, runs.diagnose(body)))
 
 
 @router.post(
@@ -44,7 +44,7 @@ async def run_diagnostics(
     summary="Diagnose variants of a model side by side",
 )
 async def compare_diagnostics(
-    body: CompareRequest, request: Request, runner: RunnerDep
+    body: CompareRequest, request: Request, runs: RunServiceDep
 ) -> Response:
     """Run each variant (the base request with the variant's JSON Merge Patch, RFC 7386,
     applied) and report every run under `runs.<variant>`, plus, per parameter and per
@@ -53,4 +53,4 @@ async def compare_diagnostics(
     The lesson's experiment is one call: variants `{"plain": {"model": {"shortcut": false}},
     "shortcut": {"model": {"shortcut": true}}}`.
     """
-    return json_response(await until_disconnected(request, runner.compare(body)))
+    return json_response(await until_disconnected(request, runs.compare(body)))

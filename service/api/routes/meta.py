@@ -7,12 +7,13 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, TypeAdapter
 
 import service
-from service.api.deps import RunnerDep
+from service.api.deps import RunServiceDep
 from service.api.problems import problem_responses
 from service.architectures.activations import ACTIVATIONS
 from service.architectures.registry import MODEL_KINDS
+from service.config import Limits
 from service.diagnostics.losses import LOSSES
-from service.diagnostics.models import DTYPES
+from service.diagnostics.model_cache import DTYPES
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import NotReady
 from service.schemas.layers import LAYER_SPECS
@@ -60,7 +61,7 @@ class Capabilities(BaseModel):
     verdicts: list[str]
     default_thresholds: Thresholds
     devices: Devices
-    limits: dict[str, float]
+    limits: Limits
     max_body_bytes: int
     request_timeout_s: float
     capacity: int
@@ -75,10 +76,6 @@ class CacheState(BaseModel):
     misses: int
     idle_bytes: int
     max_bytes: int
-    fused_statistics: str = Field(
-        description="the native statistics kernel: ready | unavailable (no gcc, or it failed: "
-        "eager kernels answer) | off (GRADIAG_FUSED_STATISTICS=false)"
-    )
 
 
 class Readiness(BaseModel):
@@ -87,15 +84,20 @@ class Readiness(BaseModel):
     in_flight: int
     capacity: int
     model_cache: CacheState
+    statistics_kernel: str = Field(
+        description="the native statistics kernel: `ready`; `off` (GRADIAG_NATIVE_STATISTICS="
+        "false); or why it is not used (not built, or it failed its check), in which case "
+        "the plain-torch reference path computes the statistics"
+    )
 
 
 @router.get("/v1/capabilities", operation_id="get_capabilities", response_model=Capabilities)
-async def get_capabilities(runner: RunnerDep) -> Capabilities:
+async def get_capabilities(runs: RunServiceDep) -> Capabilities:
     """Everything a client needs to build a valid request: model kinds and layer types with
     their JSON schemas, GPT presets, activations, losses, dtypes, tensor generators, the
     statistics and verdicts reported, the devices a request may name, and the limits it
     must fit."""
-    settings = runner.settings
+    settings = runs.settings
     return Capabilities(
         service_version=service.__version__,
         model_kinds=_MODEL_SCHEMAS,
@@ -105,14 +107,14 @@ async def get_capabilities(runner: RunnerDep) -> Capabilities:
         losses=list(LOSSES),
         dtypes=list(DTYPES),
         tensor_generators={"schema": _GENERATOR_SCHEMA},
-        statistics=list(Stats.model_fields),
+        statistics=list(Stats.__annotations__),
         verdicts=list(SEVERITY),
         default_thresholds=Thresholds(),
-        devices=Devices(default=runner.devices.default, allowed=sorted(runner.devices.allowed)),
-        limits=settings.limits.model_dump(),
+        devices=Devices(default=runs.devices.default, allowed=sorted(runs.devices.allowed)),
+        limits=settings.limits,
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=settings.request_timeout_s,
-        capacity=runner.worker.capacity,
+        capacity=runs.backend.capacity,
     )
 
 
@@ -125,26 +127,26 @@ async def healthz() -> Health:
 @router.get(
     "/readyz", operation_id="readyz", response_model=Readiness, responses=problem_responses(503)
 )
-async def readyz(runner: RunnerDep) -> Readiness:
-    """Readiness: the worker accepts work and a tiny allocation on the default device
+async def readyz(runs: RunServiceDep) -> Readiness:
+    """Readiness: the backend accepts work and a tiny allocation on the default device
     succeeds. 503 while starting, stopping (in-flight work still finishes) or broken."""
-    worker = runner.worker
-    if not worker.ready():
-        raise NotReady("the worker is not accepting work")
-    if not await asyncio.to_thread(runner.devices.usable):
-        raise NotReady(f"device {runner.devices.default} is not usable")
-    models = worker.models
-    assert models is not None  # set when the worker starts
+    backend = runs.backend
+    runtime = backend.runtime
+    if not backend.ready() or runtime is None:
+        raise NotReady("the backend is not accepting work")
+    if not await asyncio.to_thread(runs.devices.usable):
+        raise NotReady(f"device {runs.devices.default} is not usable")
+    models = runtime.models
     return Readiness(
         status="ready",
-        device=runner.devices.default,
-        in_flight=worker.in_flight,
-        capacity=worker.capacity,
+        device=runs.devices.default,
+        in_flight=backend.in_flight,
+        capacity=backend.capacity,
         model_cache=CacheState(
             hits=models.hits,
             misses=models.misses,
             idle_bytes=models.idle_bytes,
             max_bytes=models.max_bytes,
-            fused_statistics=models.reductions.state,
         ),
+        statistics_kernel=runtime.statistics.state,
     )

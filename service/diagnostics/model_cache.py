@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.architectures.init import build_seeded, draw_in_chunks, initialise, materialise
+from service.architectures.init import build_seeded, build_uninitialised, initialise
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
-from service.diagnostics.reductions import Reductions
+from service.diagnostics.stats import Statistics
 from service.errors import Cancelled
+from service.schemas.reports import Stats
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 # Parameters summarised on the side thread as they are drawn have more elements than this;
@@ -36,16 +37,9 @@ class ParameterDigest:
         self._digest = hashlib.sha256()
 
     def update(self, name: str, param: torch.Tensor) -> None:
-        self.begin(name, param)
-        self.feed(param)
-
-    def begin(self, name: str, param: torch.Tensor) -> None:
-        """The parameter's header; its bytes follow with one or more `feed`."""
         self._digest.update(f"{name}:{list(param.shape)}:{param.dtype};".encode())
-
-    def feed(self, part: torch.Tensor) -> None:
-        tensor = part.detach().cpu().contiguous().reshape(-1)
-        self._digest.update(tensor.view(torch.uint8).numpy())  # releases the GIL
+        tensor = param.detach().cpu().contiguous().reshape(-1)
+        self._digest.update(tensor.view(torch.uint8).numpy().data)  # releases the GIL
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
@@ -102,7 +96,7 @@ class InitialModel:
     key: Hashable
     module: nn.Module
     init_sha256: str
-    value_stats: list[dict[str, Any]]  # per named parameter, in order
+    value_stats: list[Stats]  # per named parameter, in order
     generator_state: torch.Tensor  # the seeded generator right after initialisation
     named_parameters: list[tuple[str, nn.Parameter]]
     layers: list[tuple[str, nn.Module]]  # the reported layers
@@ -148,65 +142,54 @@ def cache_key(plan: RunPlan) -> Hashable:
 
 
 def _drawn(
-    plan: RunPlan, reductions: Reductions, side: Executor
-) -> tuple[nn.Module, torch.Generator, str, list[dict[str, Any]]]:
+    plan: RunPlan, statistics: Statistics, side: Executor
+) -> tuple[nn.Module, torch.Generator, str, list[Stats]]:
     """Draw the weights; hash and summarise each parameter on `side` as soon as it is drawn.
 
-    Drawing is sequential (one generator) and leaves a core idle; hashing and the native
-    statistics kernel release the GIL, so hash and value statistics are ready about when the
-    last weight is. Large weights are drawn in chunks, each hashed as soon as it is drawn:
-    otherwise the hash of the last weight (gpt2-small's 154 MB output head: 80-90 ms) would
-    start only after the last draw. A dtype cast changes the values afterwards: then the
-    cast module is hashed and summarised after construction.
+    Drawing is sequential (one generator) and leaves a core idle; hashing and the kernel's
+    serial calls release the GIL, so the hash and value statistics are ready about when the
+    last weight is. A dtype cast changes the values afterwards: then the cast module is
+    hashed and summarised after construction.
     """
     factory = lambda: plan.kind.build(plan.request.model, plan.input_shape)  # noqa: E731
     dtype = DTYPES[plan.dtype]
     if dtype != torch.float32:
         module, generator = build_seeded(factory, plan.request.seed)
         module = module.to(dtype=dtype)
-        values = reductions.summarise(list(module.parameters()))
+        values = statistics.summarise(list(module.parameters())).stats
         return module, generator, hash_parameters(module), values
-    module = materialise(factory)
+    module = build_uninitialised(factory)
     named = list(module.named_parameters())
     names = {id(p): name for name, p in named}
     digest, drawn, rows, pending = ParameterDigest(), [], {}, []
-    chunked: set[int] = set()  # parameters whose bytes are hashed part by part as drawn
 
-    def reduce(param: nn.Parameter) -> None:
-        row = reductions.side_rows(param)
+    def summarise_on_side(param: nn.Parameter) -> None:
+        row = statistics.side_row(param)
         if row is not None:  # else `summarise` below computes it on this thread
             rows[id(param)] = row
 
-    def on_chunk(param: torch.Tensor, part: torch.Tensor) -> None:
-        if part.data_ptr() == param.data_ptr():  # its first part: the header goes first
-            drawn.append(id(param))  # twice if drawn again (tied weights): rehashed below
-            chunked.add(id(param))
-            pending.append(side.submit(digest.begin, names[id(param)], param))
-        pending.append(side.submit(digest.feed, part))
-
     def on_initialised(sub: nn.Module) -> None:
         for param in sub.parameters(recurse=False):
-            if id(param) not in chunked:  # not drawn at random (ones, zeros): hashed whole
-                drawn.append(id(param))
-                pending.append(side.submit(digest.update, names[id(param)], param))
+            drawn.append(id(param))  # twice if drawn again (tied weights): rehashed below
+            pending.append(side.submit(digest.update, names[id(param)], param))
             if param.numel() > SIDE_STATISTICS_MIN_ELEMENTS:
-                pending.append(side.submit(reduce, param))
+                pending.append(side.submit(summarise_on_side, param))
 
     generator = torch.Generator().manual_seed(plan.request.seed)
-    initialise(module, generator, on_initialised, draw_in_chunks(on_chunk))
+    initialise(module, generator, on_initialised)
     for future in pending:
         future.result()  # in order; re-raises what failed on the side
-    values = reductions.summarise([p for _, p in named], rows)
+    values = statistics.summarise([p for _, p in named], rows).stats
     if drawn != [id(p) for _, p in named]:  # shared or redrawn: hash the final values
         return module, generator, hash_parameters(module), values
     return module, generator, digest.hexdigest(), values
 
 
 def build_initial(
-    plan: RunPlan, key: Hashable, reductions: Reductions, side: Executor
+    plan: RunPlan, key: Hashable, statistics: Statistics, side: Executor
 ) -> InitialModel:
     """Seeded construction on the CPU, hashed and summarised there, then moved."""
-    module, generator, init_sha256, value_stats = _drawn(plan, reductions, side)
+    module, generator, init_sha256, value_stats = _drawn(plan, statistics, side)
     named = list(module.named_parameters())
     module = module.to(plan.device)
     layers = list(plan.kind.layers(module))
@@ -233,9 +216,9 @@ def build_initial(
 class ModelCache:
     """Idle initial models by key, least recently used evicted beyond `max_bytes`."""
 
-    def __init__(self, max_bytes: int, reductions: Reductions, side: Executor):
+    def __init__(self, max_bytes: int, statistics: Statistics, side: Executor):
         self.max_bytes = max_bytes
-        self.reductions = reductions
+        self.statistics = statistics
         self._side = side
         self._idle: OrderedDict[int, InitialModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -257,7 +240,7 @@ class ModelCache:
                 self.misses += 1
         if model is None:
             self._make_room(_estimated_bytes(plan))
-            model = build_initial(plan, key, self.reductions, self._side)
+            model = build_initial(plan, key, self.statistics, self._side)
         model.prepare(plan.request.mode == "train", plan.request.seed, plan.device)
         return model
 

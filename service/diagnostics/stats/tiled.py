@@ -1,8 +1,7 @@
-"""Statistics on an accelerator, where the cost is the number of kernel launches, not the
-bytes (on an H200: 8.5 µs of CPU per launch; per-tensor reductions of gpt2-small's 161
-gradients took 95 ms, this path 6-7 ms of which 2.7 ms GPU time): every tensor is copied
-into the rows of one padded matrix, reduced row by row in a dozen launches whatever the
-number of tensors, and the rows are combined on the host after one transfer.
+"""The accelerator path: on a GPU the cost is the number of kernel launches, not the bytes
+(docs/design.md has the figures), so every tensor is copied into the rows of one padded
+matrix, reduced row by row in a dozen launches whatever the number of tensors, and the rows
+are combined per tensor on the host after one transfer.
 """
 
 import math
@@ -12,16 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from service.diagnostics.columns import (
+from service.diagnostics.stats.rows import (
+    COLUMNS,
     L1,
     L2SQ,
     MAX,
     MIN,
     SUM,
     ZEROS,
-    Stats,
+    Rows,
     accumulation_dtype,
-    finish,
 )
 
 # Row length of the tiled matrix, and the elements one matrix holds at most (a bounded copy).
@@ -64,11 +63,13 @@ class _Layout:
 
     @property
     def partials(self) -> int:
-        """Numbers `_tiled_rows` returns: six per row, then min and max per padded row."""
+        """Numbers `_tiled_partials` returns: six per row, then min and max per padded row."""
         return self.rows * 6 + 2 * len(self.padded)
 
 
-def _tiled_rows(tensors: Sequence[torch.Tensor], layout: _Layout, acc: torch.dtype) -> torch.Tensor:
+def _tiled_partials(
+    tensors: Sequence[torch.Tensor], layout: _Layout, acc: torch.dtype
+) -> torch.Tensor:
     """Per-row (l1, l2², sum, min, max, zeros) of the tensors laid out as `layout` says; then
     the min and max of the padded rows again without their padding. Flat, in `acc`."""
     padding = tensors[0].new_zeros(int(layout.pads.max()), dtype=tensors[0].dtype)
@@ -100,7 +101,7 @@ def _tiled_rows(tensors: Sequence[torch.Tensor], layout: _Layout, acc: torch.dty
 
 
 def _tiled_columns(layout: _Layout, host: np.ndarray) -> np.ndarray:
-    """(8, n) columns from one matrix's partials (see `_tiled_rows`), combined per tensor.
+    """(8, n) columns from one matrix's partials (see `_tiled_partials`), combined per tensor.
     The NaN/Inf column is -1: derived from l1 by `nonfinite_counts`."""
     partials = host[: layout.rows * 6].reshape(layout.rows, 6).copy()
     fixed = host[layout.rows * 6 :].reshape(2, -1)
@@ -121,21 +122,21 @@ def _tiled_columns(layout: _Layout, host: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def summarise_tiled(tensors: Sequence[torch.Tensor]) -> list[Stats]:
-    """`summarise` in a fixed number of launches per matrix of up to TILED_ELEMENTS elements,
-    with one transfer: for accelerators, where a launch costs more than reading a tensor."""
+def tiled_rows(tensors: Sequence[torch.Tensor]) -> Rows:
+    """(n, 8) rows of tensors on one device in a fixed number of launches per matrix of up to
+    TILED_ELEMENTS elements, with one transfer."""
     if not tensors:
-        return []
+        return np.empty((0, COLUMNS))
     acc = accumulation_dtype(tensors[0].device)
     batches = _batches([t.numel() for t in tensors])
     layouts = [_Layout.of([tensors[i].numel() for i in batch]) for batch in batches]
     flats = [
-        _tiled_rows([tensors[i] for i in batch], layout, acc)
+        _tiled_partials([tensors[i] for i in batch], layout, acc)
         for batch, layout in zip(batches, layouts, strict=True)
     ]
-    host = torch.cat(flats).cpu().numpy()  # one transfer
+    host = torch.cat(flats).cpu().double().numpy()  # one transfer
     columns, offset = [], 0
     for layout in layouts:
         columns.append(_tiled_columns(layout, host[offset : offset + layout.partials]))
         offset += layout.partials
-    return finish(tensors, np.concatenate(columns, axis=1).T)
+    return np.concatenate(columns, axis=1).T.copy()

@@ -1,4 +1,5 @@
-"""Plans requests against the settings and hands them to the worker."""
+"""The service layer between the routes and the backend: checks each request (and each
+compare variant and sweep point) against the architecture and the budget, then submits it."""
 
 import math
 from collections.abc import Iterable
@@ -6,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.architectures.registry import TAG_VALUES
 from service.config import Settings
 from service.diagnostics.compare import merge_patch
 from service.diagnostics.plan import RunPlan, plan_run
@@ -18,10 +20,11 @@ from service.errors import (
     Loc,
     pydantic_field_errors,
 )
+from service.execution.backend import Backend, CompareTask, DiagnosticsTask, SweepTask
+from service.execution.devices import DevicePolicy
+from service.schemas.reports import CompareReport, DiagnosticsReport
 from service.schemas.requests import CompareRequest, DiagnosticsRequest
-from service.schemas.sweeps import SweepRequest
-from service.workers.base import CompareTask, DiagnosticsTask, SweepTask, Worker
-from service.workers.devices import DevicePolicy
+from service.schemas.sweeps import SweepReport, SweepRequest
 
 BASE: Loc = ("body", "base")
 
@@ -41,15 +44,15 @@ def _at_axis_values(error: GradiagError, request: SweepRequest, choice: tuple[in
     return error
 
 
-class Runner:
-    """The service layer between routes and worker: plan (cheap, may refuse), then submit."""
+class RunService:
+    """Check (pure and cheap: may refuse before anything is allocated), then submit."""
 
-    def __init__(self, settings: Settings, devices: DevicePolicy, worker: Worker):
+    def __init__(self, settings: Settings, devices: DevicePolicy, backend: Backend):
         self.settings = settings
         self.devices = devices
-        self.worker = worker
+        self.backend = backend
 
-    def plan(self, request: DiagnosticsRequest, loc: Loc = ("body",)) -> RunPlan:
+    def check(self, request: DiagnosticsRequest, loc: Loc = ("body",)) -> RunPlan:
         return plan_run(
             request,
             default_device=self.devices.default,
@@ -59,14 +62,14 @@ class Runner:
             loc=loc,
         )
 
-    def _plan_document(self, document: dict[str, Any], loc: Loc, origin: str) -> RunPlan:
-        """Validate a derived request (a merged variant, a sweep point) and plan it."""
+    def _check_document(self, document: dict[str, Any], loc: Loc, origin: str) -> RunPlan:
+        """Validate a derived request (a merged variant, a sweep point) and check it."""
         try:
             request = DiagnosticsRequest.model_validate(document)
         except ValidationError as exc:
-            errors = pydantic_field_errors(exc.errors(), document, loc)
+            errors = pydantic_field_errors(exc.errors(), document, loc, TAG_VALUES)
             raise InvalidRequest(f"{origin}: {errors[0].msg}", errors=errors) from None
-        return self.plan(request, loc)
+        return self.check(request, loc)
 
     def _check_total(self, plans: Iterable[RunPlan], what: str) -> None:
         """Runs of one request count against the FLOP budget together."""
@@ -78,12 +81,12 @@ class Runner:
                 extra={"estimate": {"flops": flops}, "limit": {"flops": limit}},
             )
 
-    def plan_compare(self, request: CompareRequest) -> CompareTask:
+    def check_compare(self, request: CompareRequest) -> CompareTask:
         limit = self.settings.limits.max_variants
         if len(request.variants) > limit:
             raise InvalidRequest.at(("body", "variants"), f"at most {limit} variants")
         plans = {
-            name: self._plan_document(
+            name: self._check_document(
                 merge_patch(request.base, patch),
                 ("body", "variants", name),
                 f"base merged with variant '{name}'",
@@ -93,7 +96,7 @@ class Runner:
         self._check_total(plans.values(), "variants")
         return CompareTask(plans)
 
-    def plan_sweep(self, request: SweepRequest) -> SweepTask:
+    def check_sweep(self, request: SweepRequest) -> SweepTask:
         count = math.prod(len(axis.values) for axis in request.axes)
         limit = self.settings.limits.max_sweep_runs
         if count > limit:
@@ -106,18 +109,26 @@ class Runner:
         for choice, document in expand(request.base, request.axes):
             axes = {a.path: a.values[i] for a, i in zip(request.axes, choice, strict=True)}
             try:
-                runs.append((axes, self._plan_document(document, BASE, f"sweep point {axes}")))
+                runs.append((axes, self._check_document(document, BASE, f"sweep point {axes}")))
             except GradiagError as error:
                 raise _at_axis_values(error, request, choice) from None
         self._check_total((plan for _, plan in runs), "sweep runs")
         return SweepTask(runs)
 
-    async def diagnose(self, request: DiagnosticsRequest) -> dict:
-        task = DiagnosticsTask(self.plan(request))
-        return await self.worker.submit(task, self.settings.request_timeout_s)
+    async def diagnose(self, request: DiagnosticsRequest) -> DiagnosticsReport:
+        task = DiagnosticsTask(self.check(request))
+        report: DiagnosticsReport = await self.backend.submit(task, self._timeout)
+        return report
 
-    async def compare(self, request: CompareRequest) -> dict:
-        return await self.worker.submit(self.plan_compare(request), self.settings.request_timeout_s)
+    async def compare(self, request: CompareRequest) -> CompareReport:
+        task = self.check_compare(request)
+        report: CompareReport = await self.backend.submit(task, self._timeout)
+        return report
 
-    async def sweep(self, request: SweepRequest) -> dict:
-        return await self.worker.submit(self.plan_sweep(request), self.settings.request_timeout_s)
+    async def sweep(self, request: SweepRequest) -> SweepReport:
+        report: SweepReport = await self.backend.submit(self.check_sweep(request), self._timeout)
+        return report
+
+    @property
+    def _timeout(self) -> float:
+        return self.settings.request_timeout_s

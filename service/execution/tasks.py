@@ -1,16 +1,19 @@
-"""What a worker does with each task: the domain functions, called on a worker thread."""
+"""What a backend does with each task: the domain functions, called on a run thread."""
 
 import threading
-from typing import Any
 
 from service.diagnostics.compare import compare
-from service.diagnostics.models import ModelCache
+from service.diagnostics.model_cache import ModelCache
 from service.diagnostics.run import run
 from service.diagnostics.sweep import sweep_report
-from service.workers.base import CompareTask, DiagnosticsTask, SweepTask, Task
+from service.execution.backend import CompareTask, DiagnosticsTask, SweepTask, Task
+from service.schemas.reports import CompareReport, DiagnosticsReport
+from service.schemas.sweeps import SweepReport
 
 
-def execute(task: Task, cancel: threading.Event, models: ModelCache) -> Any:
+def execute(
+    task: Task, cancel: threading.Event, models: ModelCache
+) -> DiagnosticsReport | CompareReport | SweepReport:
     if isinstance(task, DiagnosticsTask):
         return run(task.plan, cancel, models)
     if isinstance(task, CompareTask):

@@ -1,10 +1,11 @@
-"""The worker interface: `submit(task) -> result`, with capacity and a deadline."""
+"""The backend interface: the service layer hands it checked tasks; it runs them away from
+the event loop, within a capacity and a deadline."""
 
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.diagnostics.models import ModelCache
 from service.diagnostics.plan import RunPlan
+from service.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class SweepTask:
 Task = DiagnosticsTask | CompareTask | SweepTask
 
 
-class Worker(Protocol):
-    """Runs tasks away from the event loop. Implementations: in-process threads."""
+class Backend(Protocol):
+    """Runs tasks away from the event loop. Implementation: `InProcessBackend`."""
 
     @property
     def capacity(self) -> int:
@@ -36,10 +37,13 @@ class Worker(Protocol):
     @property
     def in_flight(self) -> int: ...
 
-    models: ModelCache | None  # the initial models kept for repeated requests, once started
+    @property
+    def runtime(self) -> Runtime | None:
+        """The process's runtime (model cache, statistics), once started."""
+        ...
 
     def ready(self) -> bool:
-        """Accepting work and the device answers."""
+        """Accepting work."""
         ...
 
     async def submit(self, task: Task, timeout_s: float) -> Any:

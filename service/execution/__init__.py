@@ -1,0 +1,1 @@
+"""Execution: the backend interface, the in-process backend, and the device policy."""

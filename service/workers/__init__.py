@@ -1,1 +1,0 @@
-"""Execution: the worker interface, its backends, and the device policy."""
