@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SOURCES := service tests bench
 
-.PHONY: install serve test lint format openapi bench clean
+.PHONY: install serve worker test lint format openapi bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml service/diagnosti
 
 serve: install
 	$(VENV)/bin/gradiag serve
+
+# A Celery worker for GRADIAG_BACKEND=celery (Redis at GRADIAG_BROKER_URL).
+worker: install
+	$(VENV)/bin/gradiag worker
 
 test: lint
 	$(PY) -m pytest

@@ -8,6 +8,9 @@ Parts (all by default; `python -m bench lesson gpt` picks some):
   scaling     MLP depth, width and batch: service compute against plain forward+backward
   gpt         gpt2-small, batch 1 x 128 tokens: cold and warm requests against plain
               build+forward+backward and forward+backward; peak memory of both processes
+  celery      the lesson through the celery backend (a redis-server of its own, one worker)
+              against the in-process backend, p50; a 24-run sweep with two worker processes
+              against one
 Every figure is a median over repetitions; the machine is noisy, so compare ratios.
 """
 
@@ -214,7 +217,72 @@ def gpt(reps: int = 4, warms: int = 3) -> list[Row]:
     ]
 
 
-PARTS = {"lesson": lesson, "throughput": throughput, "scaling": scaling, "gpt": gpt}
+def _lesson_p50s(ports: list[int], rounds: int, block: int) -> list[float]:
+    """p50 of the lesson's synchronous route on each server, blocks interleaved."""
+    body = json.dumps(LESSON_REQUEST).encode()
+    clients = [Client(port) for port in ports]
+    samples: list[list[float]] = [[] for _ in ports]
+    for client in clients:
+        timed(lambda c=client: c.post_raw("/v1/diagnostics", body), 0, warmup=100)
+    for _ in range(rounds):
+        for client, times in zip(clients, samples, strict=True):
+            times += timed(lambda c=client: c.post_raw("/v1/diagnostics", body), block)
+    return [quantile(times, 0.5) for times in samples]
+
+
+def _sweep_seconds(port: int, reps: int = 2) -> float:
+    sweep = {
+        "base": {
+            "model": {"kind": "mlp", "layer_sizes": [512] * 9, "activation": "relu"},
+            "input": {"shape": [1024, 512], "distribution": "normal", "seed": 1},
+            "loss": "sum",
+        },
+        "axes": [{"path": "seed", "values": list(range(1, 25))}],
+    }
+    client = Client(port)
+    times = timed(lambda: client.post("/v1/sweeps", sweep), reps)
+    return median(times)
+
+
+def celery(rounds: int = 20, block: int = 25) -> list[Row]:
+    from tests.processes import RedisServer, Worker
+
+    redis_server = RedisServer().start()
+    try:
+        settings = {"backend": "celery", "broker_url": redis_server.url}
+        one = Worker(redis_server.url, "cpu.small,cpu.large", concurrency=1).wait_ready()
+        try:
+            with Server() as local, Server(**settings) as remote:
+                inprocess, through_celery = _lesson_p50s([local.port, remote.port], rounds, block)
+                single = _sweep_seconds(remote.port)
+        finally:
+            one.stop()
+        two = Worker(redis_server.url, "cpu.small,cpu.large", concurrency=2).wait_ready()
+        try:
+            with Server(**settings) as remote:
+                double = _sweep_seconds(remote.port)
+        finally:
+            two.stop()
+    finally:
+        redis_server.stop()
+    return [
+        row("lesson p50: in-process backend vs celery backend", inprocess, through_celery),
+        (
+            "24-run sweep (MLP 8x512, batch 1024): one worker process vs two (speed-up)",
+            ms(single),
+            ms(double),
+            f"{single / double:.2f}x faster",
+        ),
+    ]
+
+
+PARTS = {
+    "lesson": lesson,
+    "throughput": throughput,
+    "scaling": scaling,
+    "gpt": gpt,
+    "celery": celery,
+}
 
 
 def machine() -> str:

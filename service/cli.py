@@ -1,4 +1,5 @@
-"""`gradiag serve` runs the service; `gradiag openapi` prints its OpenAPI schema."""
+"""`gradiag serve` runs the service; `gradiag worker` runs a Celery worker for the celery
+backend; `gradiag openapi` prints the OpenAPI schema."""
 
 import argparse
 import json
@@ -20,6 +21,32 @@ def _serve(args: argparse.Namespace) -> None:
         workers=args.workers or settings.workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from service.config import canonical_device
+    from service.execution.celery_worker import create_worker_app
+
+    settings = get_settings()
+    if args.device:
+        settings = settings.model_copy(update={"device": args.device})
+    device = canonical_device("cpu" if settings.device == "auto" else settings.device)
+    queues = args.queues or f"{device}.small,{device}.large"
+    # A GPU worker runs one child per GPU: two CUDA contexts would share one device.
+    concurrency = args.concurrency or (1 if device != "cpu" else settings.concurrency)
+    app = create_worker_app(settings.model_copy(update={"device": device}))
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={queues}",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            f"--loglevel={args.log_level.upper()}",
+            f"--hostname=gradiag-{device}-%h-{os.getpid()}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
     )
 
 
@@ -45,6 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--workers", type=int, help="uvicorn processes (default: GRADIAG_WORKERS)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(run=_serve)
+    worker = commands.add_parser("worker", help="run a Celery worker (GRADIAG_BROKER_URL)")
+    worker.add_argument("--queues", help="comma-separated; default: <device>.small,<device>.large")
+    worker.add_argument("--concurrency", type=int, help="child processes (default: 1 on a GPU)")
+    worker.add_argument("--device", help="the device this worker runs on (default: GRADIAG_DEVICE)")
+    worker.add_argument("--log-level", default="info")
+    worker.set_defaults(run=_worker)
     openapi = commands.add_parser("openapi", help="print the OpenAPI schema as JSON")
     openapi.set_defaults(run=_openapi)
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DevicePattern = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
@@ -63,9 +63,41 @@ class Settings(BaseSettings):
     )
     default_dtype: DTypeName = "float32"
     torch_threads: int = Field(0, ge=0, description="intra-op threads; 0 = cores / concurrency")
+    backend: Literal["inprocess", "celery"] = Field(
+        "inprocess",
+        description="where runs execute: threads of the API process, or Celery workers "
+        "reached through the broker",
+    )
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis for the celery backend: broker and jobs"
+    )
     concurrency: int = Field(1, ge=1, description="runs executing at once per process")
-    queue_capacity: int = Field(32, ge=0, description="runs waiting beyond those executing")
-    request_timeout_s: float = Field(60.0, gt=0, description="deadline of one request")
+    queue_capacity: int = Field(
+        32, ge=0, description="inprocess: jobs waiting beyond those executing"
+    )
+    max_queued_runs: int = Field(
+        4096, ge=1, description="celery: runs waiting in a queue before new jobs get 429"
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="how long a synchronous request waits for its job (then 504)"
+    )
+    job_timeout_s: float = Field(
+        600.0, gt=0, description="deadline of a job; on celery the hard time limit of its runs"
+    )
+    job_ttl_s: float = Field(86_400.0, gt=0, description="how long a finished job is kept")
+    job_store_bytes: int = Field(
+        256 << 20, ge=0, description="inprocess: bytes of finished jobs kept (oldest dropped)"
+    )
+    large_flops: Count = Field(
+        10**9, ge=1, description="runs estimated at more FLOPs go to the device's large queue"
+    )
+    worker_max_memory_kb: int = Field(
+        8_000_000, ge=0, description="celery: a worker child above this RSS is replaced; 0: never"
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="bearer keys every /v1 route requires; empty: open",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
     native_statistics: bool = Field(

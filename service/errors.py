@@ -45,6 +45,18 @@ class GradiagError(Exception):
         self.extra = extra or {}
         self.headers = headers or {}
 
+    def problem(self) -> dict[str, Any]:
+        """The RFC 9457 problem document, plain JSON: what a response or a failed job holds."""
+        return {
+            "type": f"urn:gradiag:problem:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            "errors": [e.as_dict() for e in self.errors],
+            **self.extra,
+        }
+
     @classmethod
     def at(cls, loc: Loc, msg: str, **kwargs: Any) -> Self:
         """An error about one field: `detail` and the single field error say the same thing."""
@@ -93,6 +105,37 @@ class Timeout(GradiagError):
 
 class NotReady(GradiagError):
     code, status, title = "not_ready", 503, "Service not ready"
+
+
+class WorkerLost(GradiagError):
+    code, status, title = "worker_lost", 500, "Worker lost"
+
+
+class Unauthorized(GradiagError):
+    code, status, title = "unauthorized", 401, "Missing or unknown API key"
+
+
+class JobNotFound(GradiagError):
+    code, status, title = "not_found", 404, "No such job"
+
+
+class IdempotencyConflict(GradiagError):
+    code, status, title = "idempotency_conflict", 409, "Idempotency key reused"
+
+
+class JobCancelled(GradiagError):
+    code, status, title = "cancelled", 409, "Job cancelled"
+
+
+class JobFailed(GradiagError):
+    """A job's recorded problem, answered as it was recorded."""
+
+    def __init__(self, document: dict[str, Any]):
+        super().__init__(str(document.get("detail", "")))
+        self.document = document
+
+    def problem(self) -> dict[str, Any]:
+        return self.document
 
 
 class Cancelled(Exception):

@@ -6,13 +6,17 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry
 
 import service
-from service.api import docs, problems
+from service.api import docs, metrics, problems
 from service.api.deps import AppState
-from service.api.routes import diagnostics, meta, sweeps
+from service.api.metrics import RequestCounter
+from service.api.routes import diagnostics, jobs, meta, sweeps
 from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
+from service.execution.backend import Backend
+from service.execution.celery_backend import CeleryBackend
 from service.execution.devices import DevicePolicy
 from service.execution.inprocess import InProcessBackend
 from service.run_service import RunService
@@ -57,17 +61,29 @@ def _integer_bounds(node: Any) -> None:
             _integer_bounds(child)
 
 
+def _optional_auth(schema: dict[str, Any]) -> dict[str, Any]:
+    """Keys are a deployment's choice (GRADIAG_API_KEYS): the schema offers bearer auth and
+    no auth as alternatives, whatever this server's settings."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if operation.get("security") and {} not in operation["security"]:
+                operation["security"].append({})
+    return schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; `settings` defaults to the environment's."""
     settings = settings or get_settings()
+    registry = CollectorRegistry()  # this app's metrics: several apps can share a process
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[AppState]:
-        devices = DevicePolicy.from_settings(settings)
-        backend = InProcessBackend(settings)
+        local = settings.backend == "inprocess"
+        devices = DevicePolicy.from_settings(settings, local=local)
+        backend: Backend = InProcessBackend(settings) if local else CeleryBackend(settings)
         await backend.start()
         try:
-            yield {"runs": RunService(settings, devices, backend)}
+            yield {"runs": RunService(settings, devices, backend), "registry": registry}
         finally:
             await backend.stop()
 
@@ -83,21 +99,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     app.include_router(diagnostics.router)
     app.include_router(sweeps.router)
+    app.include_router(jobs.router)
     app.include_router(meta.router)
+    app.include_router(metrics.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["content-type"],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["content-type", "authorization", "prefer", "idempotency-key"],
+            expose_headers=["location", "retry-after", "preference-applied"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestCounter, registry=registry)
 
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _problem_content_types(default_openapi())
+            app.openapi_schema = _optional_auth(_problem_content_types(default_openapi()))
             _integer_bounds(app.openapi_schema)
         return app.openapi_schema
 

@@ -1,6 +1,8 @@
 """The service layer between the routes and the backend: checks each request (and each
-compare variant and sweep point) against the architecture and the budget, then submits it."""
+compare variant and sweep point) against the architecture and the budget, admits it, submits
+it as a job, and waits for it where the client waits."""
 
+import asyncio
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -17,28 +19,39 @@ from service.errors import (
     FieldError,
     GradiagError,
     InvalidRequest,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
     Loc,
+    Overloaded,
+    Timeout,
     pydantic_field_errors,
 )
-from service.execution.backend import Backend, CompareTask, DiagnosticsTask, SweepTask
+from service.execution.backend import Backend, Idempotency
 from service.execution.devices import DevicePolicy
-from service.schemas.reports import CompareReport, DiagnosticsReport
+from service.execution.jobs import JobSpec, Result, RunUnit
+from service.schemas.jobs import TERMINAL, Job, JobRequest
 from service.schemas.requests import CompareRequest, DiagnosticsRequest
-from service.schemas.sweeps import SweepReport, SweepRequest
+from service.schemas.sweeps import SweepRequest
 
-BASE: Loc = ("body", "base")
+Request = DiagnosticsRequest | CompareRequest | SweepRequest
+
+BODY: Loc = ("body",)
 
 
-def _at_axis_values(error: GradiagError, request: SweepRequest, choice: tuple[int, ...]) -> Any:
+def _at_axis_values(
+    error: GradiagError, request: SweepRequest, choice: tuple[int, ...], root: Loc
+) -> Any:
     """Errors inside a swept field point at the axis value that put it there."""
+    base = (*root, "base")
     errors = []
     for field in error.errors:
         loc = field.loc
         for index, (axis, value_index) in enumerate(zip(request.axes, choice, strict=True)):
             keys = path_keys(axis.path)
-            if loc[len(BASE) : len(BASE) + len(keys)] == keys:
-                rest = loc[len(BASE) + len(keys) :]
-                loc = ("body", "axes", index, "values", value_index, *rest)
+            if loc[len(base) : len(base) + len(keys)] == keys:
+                rest = loc[len(base) + len(keys) :]
+                loc = (*root, "axes", index, "values", value_index, *rest)
         errors.append(FieldError(loc, field.msg, field.type))
     error.errors = errors
     return error
@@ -52,7 +65,7 @@ class RunService:
         self.devices = devices
         self.backend = backend
 
-    def check(self, request: DiagnosticsRequest, loc: Loc = ("body",)) -> RunPlan:
+    def check(self, request: DiagnosticsRequest, loc: Loc = BODY) -> RunPlan:
         return plan_run(
             request,
             default_device=self.devices.default,
@@ -81,22 +94,22 @@ class RunService:
                 extra={"estimate": {"flops": flops}, "limit": {"flops": limit}},
             )
 
-    def check_compare(self, request: CompareRequest) -> CompareTask:
+    def check_compare(self, request: CompareRequest, root: Loc = BODY) -> list[RunUnit]:
         limit = self.settings.limits.max_variants
         if len(request.variants) > limit:
-            raise InvalidRequest.at(("body", "variants"), f"at most {limit} variants")
+            raise InvalidRequest.at((*root, "variants"), f"at most {limit} variants")
         plans = {
             name: self._check_document(
                 merge_patch(request.base, patch),
-                ("body", "variants", name),
+                (*root, "variants", name),
                 f"base merged with variant '{name}'",
             )
             for name, patch in request.variants.items()
         }
         self._check_total(plans.values(), "variants")
-        return CompareTask(plans)
+        return [RunUnit(i, {"name": name}, plan) for i, (name, plan) in enumerate(plans.items())]
 
-    def check_sweep(self, request: SweepRequest) -> SweepTask:
+    def check_sweep(self, request: SweepRequest, root: Loc = BODY) -> list[RunUnit]:
         count = math.prod(len(axis.values) for axis in request.axes)
         limit = self.settings.limits.max_sweep_runs
         if count > limit:
@@ -109,26 +122,77 @@ class RunService:
         for choice, document in expand(request.base, request.axes):
             axes = {a.path: a.values[i] for a, i in zip(request.axes, choice, strict=True)}
             try:
-                runs.append((axes, self._check_document(document, BASE, f"sweep point {axes}")))
+                where = f"sweep point {axes}"
+                runs.append((axes, self._check_document(document, (*root, "base"), where)))
             except GradiagError as error:
-                raise _at_axis_values(error, request, choice) from None
+                raise _at_axis_values(error, request, choice, root) from None
         self._check_total((plan for _, plan in runs), "sweep runs")
-        return SweepTask(runs)
+        return [RunUnit(i, {"axes": axes}, plan) for i, (axes, plan) in enumerate(runs)]
 
-    async def diagnose(self, request: DiagnosticsRequest) -> DiagnosticsReport:
-        task = DiagnosticsTask(self.check(request))
-        report: DiagnosticsReport = await self.backend.submit(task, self._timeout)
-        return report
+    def check_job(self, job: JobRequest, owner: str, root: Loc = BODY) -> JobSpec:
+        """The job's runs, each checked; a bad request is refused as its route refuses it,
+        located under `root` (the body of a synchronous route, `body.request` of a job)."""
+        request = job.request
+        if isinstance(request, DiagnosticsRequest):
+            units = [RunUnit(0, {}, self.check(request, root))]
+        elif isinstance(request, CompareRequest):
+            units = self.check_compare(request, root)
+        else:
+            units = self.check_sweep(request, root)
+        return JobSpec(job.kind, units, owner)
 
-    async def compare(self, request: CompareRequest) -> CompareReport:
-        task = self.check_compare(request)
-        report: CompareReport = await self.backend.submit(task, self._timeout)
-        return report
+    async def submit(
+        self,
+        job: JobRequest,
+        owner: str,
+        idempotency: Idempotency | None = None,
+        root: Loc = BODY,
+    ) -> tuple[Job, bool]:
+        """Check, admit and start a job; (the job, whether the key replayed an existing one)."""
+        spec = self.check_job(job, owner, root)
+        await self.backend.ready()
+        load = await self.backend.load(spec)
+        if load.pending + len(spec.units) > load.capacity and load.pending > 0:
+            drain_s = load.typical_run_s * load.pending / max(1, load.parallel)
+            raise Overloaded(
+                f"{load.pending} runs waiting or running, capacity {load.capacity}",
+                headers={"Retry-After": str(max(1, math.ceil(drain_s)))},
+            )
+        return await self.backend.submit(spec, idempotency)
 
-    async def sweep(self, request: SweepRequest) -> SweepReport:
-        report: SweepReport = await self.backend.submit(self.check_sweep(request), self._timeout)
-        return report
+    async def job(self, job_id: str, owner: str) -> Job:
+        job = await self.backend.job(job_id, owner)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        return job
 
-    @property
-    def _timeout(self) -> float:
-        return self.settings.request_timeout_s
+    async def cancel(self, job_id: str, owner: str) -> Job:
+        job = await self.backend.cancel(job_id, owner)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        return job
+
+    async def run(self, job: JobRequest, owner: str) -> Result:
+        """A synchronous request: the job's result, or the problem it failed with; past the
+        request's deadline a 504 that names the job, which goes on. A client that leaves
+        cancels its job."""
+        submitted, _ = await self.submit(job, owner)
+        job_id = submitted["id"]
+        try:
+            finished = await self.backend.wait(job_id, owner, self.settings.request_timeout_s)
+        except asyncio.CancelledError:
+            await self.backend.cancel(job_id, owner)
+            raise
+        if finished is None or finished["status"] not in TERMINAL:
+            location = f"/v1/jobs/{job_id}"
+            raise Timeout(
+                f"no answer within {self.settings.request_timeout_s:g} s; the job goes on at "
+                f"{location}",
+                extra={"job": location},
+                headers={"Location": location},
+            )
+        if finished["status"] == "succeeded" and finished["result"] is not None:
+            return finished["result"]
+        if finished["error"] is not None:
+            raise JobFailed(finished["error"])
+        raise JobFailed(JobCancelled(f"job {job_id} was cancelled").problem())

@@ -27,7 +27,7 @@ CANCELLED_WITHIN_S = 1.5
 
 
 async def in_flight(client: httpx.AsyncClient) -> int:
-    return (await client.get("/readyz")).json()["in_flight"]
+    return (await client.get("/readyz")).json()["backend"]["in_flight"]
 
 
 async def wait_until_idle(client: httpx.AsyncClient, limit_s: float = 30.0) -> None:
@@ -67,12 +67,14 @@ def test_full_queue_answers_429_with_retry_after(live_server):
     assert slow.status_code == 200
 
 
-def test_deadline_gives_504_and_the_worker_stays_healthy(live_server):
+def test_deadline_gives_504_naming_the_job_whose_cancel_frees_the_slot(live_server):
     server = live_server(concurrency=1, request_timeout_s=0.2, limits={"max_flops": 1e15})
 
     async def scenario():
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             timed_out = await client.post(URL, json=SLOW)
+            assert (await in_flight(client)) == 1  # the job goes on
+            await client.delete(timed_out.json()["job"])
             await wait_until_idle(client, CANCELLED_WITHIN_S)  # stopped at its next layer
             after = await client.post(URL, json=LESSON_REQUEST)
             return timed_out, after
@@ -86,6 +88,7 @@ def test_deadline_gives_504_and_the_worker_stays_healthy(live_server):
         gc.enable()
     assert timed_out.status_code == 504
     assert timed_out.json()["code"] == "timeout"
+    assert timed_out.json()["job"].startswith("/v1/jobs/")
     assert after.status_code == 200
 
 
@@ -131,10 +134,11 @@ def test_serving_never_touches_the_global_rng(make_client):
 
 def test_stopping_backend_finishes_in_flight_work_and_reports_not_ready():
     from service.config import Settings
-    from service.execution.backend import DiagnosticsTask
+    from service.errors import NotReady
     from service.execution.devices import DevicePolicy
     from service.execution.inprocess import InProcessBackend
     from service.run_service import RunService
+    from service.schemas.jobs import DiagnosticsJob
     from service.schemas.requests import DiagnosticsRequest
 
     settings = Settings(device="cpu", concurrency=1, queue_capacity=1, torch_threads=1)
@@ -144,19 +148,21 @@ def test_stopping_backend_finishes_in_flight_work_and_reports_not_ready():
         backend = InProcessBackend(settings)
         await backend.start()
         runs = RunService(settings, devices, backend)
-        plan = runs.check(DiagnosticsRequest.model_validate(LESSON_REQUEST))
-        running = asyncio.create_task(backend.submit(DiagnosticsTask(plan), 30))
-        await asyncio.sleep(0)
+        request = DiagnosticsRequest.model_validate(LESSON_REQUEST)
+        job, _ = await runs.submit(DiagnosticsJob(kind="diagnostics", request=request), "")
         stopping = asyncio.create_task(backend.stop())
         await asyncio.sleep(0)
-        ready_while_stopping = backend.ready()
-        report = await running
+        try:
+            await backend.ready()
+            ready_while_stopping = True
+        except NotReady:
+            ready_while_stopping = False
         await stopping
-        return ready_while_stopping, report
+        return ready_while_stopping, await backend.job(job["id"], "")
 
-    ready, report = asyncio.run(scenario())
+    ready, job = asyncio.run(scenario())
     assert ready is False
-    assert report["loss"] is not None
+    assert job["status"] == "succeeded" and job["result"]["loss"] is not None
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from service.architectures.registry import TAG_VALUES
 from service.errors import GradiagError, pydantic_field_errors
@@ -71,15 +72,13 @@ def problem(
 
 
 def render(error: GradiagError) -> Response:
-    return problem(
-        error.status,
-        error.code,
-        error.title,
-        error.detail,
-        [e.as_dict() for e in error.errors],
-        error.extra,
-        error.headers,
-    )
+    return problem_response(error.problem(), error.headers)
+
+
+def problem_response(document: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A problem document as sent: its status, the problem+json media type."""
+    status = int(document["status"])
+    return Response(orjson.dumps(document), status, headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def validation_problem(raw_errors: Any, body: Any = None) -> Response:
@@ -111,7 +110,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "internal" if exc.status_code >= 500 else "error")
     title = str(exc.detail) if isinstance(exc.detail, str) else "HTTP error"
-    return problem(exc.status_code, code, title, title, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the first route's methods only
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem(exc.status_code, code, title, title, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method of every route whose path matches the request's."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -131,12 +143,15 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route: each status documented with the Problem schema."""
     descriptions = {
         400: "Malformed JSON",
+        401: "Missing or unknown API key (`unauthorized`), where keys are configured",
+        404: "No such job for this key (`not_found`)",
+        409: "Idempotency-Key used with another body (`idempotency_conflict`)",
         413: "Body too large (`body_too_large`)",
         415: "Body is not `application/json` (`unsupported_media_type`)",
         422: "Invalid request, tensor, shapes, device or budget (see `code`)",
         429: "Queue full (`overloaded`); see `Retry-After`",
         500: "Unexpected error (`internal`)",
-        503: "Not ready (`not_ready`)",
-        504: "Deadline exceeded (`timeout`)",
+        503: "Not ready (`not_ready`), or the job store unreachable; see `Retry-After`",
+        504: "No answer within the request's deadline (`timeout`); the job goes on at `job`",
     }
     return {s: {"model": Problem, "description": descriptions[s]} for s in statuses}

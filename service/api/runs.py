@@ -1,5 +1,5 @@
-"""What the routes that run models share: their error responses, waiting for a run while
-watching for the client to leave, and the JSON response."""
+"""What the routes that run models share: their error responses, waiting for a job while
+watching for the client to leave, `Prefer: respond-async`, and the JSON responses."""
 
 import asyncio
 from collections.abc import Awaitable
@@ -11,9 +11,14 @@ from starlette.responses import Response
 
 from service.api.problems import problem_responses
 from service.errors import ClientClosed
+from service.run_service import RunService
+from service.schemas.jobs import Job, JobRequest
 
 # What a route that runs models can answer besides 200.
-RUN_ERRORS = problem_responses(400, 413, 415, 422, 429, 500, 503, 504)
+RUN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **problem_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
+    202: {"model": Job, "description": "With `Prefer: respond-async`: the job, at `Location`"},
+}
 
 
 async def _disconnected(request: Request) -> None:
@@ -34,5 +39,26 @@ async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
     raise ClientClosed("the client disconnected; its run was cancelled")
 
 
-def json_response(report: dict[str, Any]) -> Response:
+def json_response(report: Any) -> Response:
     return Response(orjson.dumps(report), media_type="application/json")
+
+
+def job_response(job: Job, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    headers = {"Location": f"/v1/jobs/{job['id']}", **(headers or {})}
+    return Response(orjson.dumps(job), status, headers, media_type="application/json")
+
+
+def respond_async(prefer: str | None) -> bool:
+    """Whether RFC 7240's `respond-async` preference is among the header's."""
+    tokens = (part.split(";")[0].strip().lower() for part in (prefer or "").split(","))
+    return "respond-async" in tokens
+
+
+async def answer(
+    request: Request, runs: RunService, job: JobRequest, owner: str, prefer: str | None
+) -> Response:
+    """The synchronous routes: the result when it is ready, or the job at once if asked."""
+    if respond_async(prefer):
+        submitted, _ = await runs.submit(job, owner)
+        return job_response(submitted, 202, {"Preference-Applied": "respond-async"})
+    return json_response(await until_disconnected(request, runs.run(job, owner)))

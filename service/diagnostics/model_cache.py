@@ -21,10 +21,10 @@ from service.architectures.init import build_seeded, build_uninitialised, initia
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.stats import Statistics
+from service.diagnostics.tensors import DTYPES
 from service.errors import Cancelled
 from service.schemas.reports import Stats
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 # Parameters summarised on the side thread as they are drawn have more elements than this;
 # the rest are summarised in the one call after the draws.
 SIDE_STATISTICS_MIN_ELEMENTS = 1 << 12

@@ -12,7 +12,7 @@ from typing import Any
 from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
-from service.diagnostics.tensors import probe_shape
+from service.diagnostics.tensors import check_literal, probe_shape
 from service.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -123,6 +123,15 @@ def plan_run(
         _check_generated_ids(request.target, classes, (*loc, "target"), "class id")
     elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
     check_budget(model.estimate, elements, limits)
+    dtype = request.dtype or default_dtype
+    integers = model.input_kind == "int"
+    check_literal(request.input, input_shape, integers, dtype, (*loc, "input"), "token id")
+    if target_shape is not None:
+        output = list(model.output_shape)
+        note = f"for class probabilities, give a target of the output's shape {output}"
+        check_literal(
+            request.target, target_shape, target_integers, dtype, (*loc, "target"), "class id", note
+        )
     return RunPlan(
         request=request,
         kind=kind,
@@ -131,6 +140,6 @@ def plan_run(
         target_shape=target_shape,
         target_integers=target_integers,
         device=device,
-        dtype=request.dtype or default_dtype,
+        dtype=dtype,
         loc=loc,
     )

@@ -16,7 +16,7 @@ import torch
 
 import service
 from service.diagnostics.losses import LOSSES
-from service.diagnostics.model_cache import DTYPES, InitialModel, ModelCache
+from service.diagnostics.model_cache import InitialModel, ModelCache
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.report import (
     layer_signal,
@@ -25,7 +25,7 @@ from service.diagnostics.report import (
     weighted_mean,
 )
 from service.diagnostics.stats import Statistics
-from service.diagnostics.tensors import tensor_from_payload
+from service.diagnostics.tensors import DTYPES, tensor_from_payload
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
 from service.schemas.reports import DiagnosticsReport, LayerReport, Stats, Timing

@@ -131,7 +131,10 @@ def across_seeds(runs: Sequence[SweepRun]) -> list[SeedGroup]:
     return summaries
 
 
-def sweep_report(runs: Sequence[tuple[dict[str, Any], DiagnosticsReport]]) -> SweepReport:
-    summaries = [summarise_run(axes, report) for axes, report in runs]
+def sweep_report(summaries: Sequence[SweepRun]) -> SweepReport:
+    """The report of a sweep from its runs' summaries (`summarise_run`), in order."""
     has_seed_axis = bool(summaries) and SEED_AXIS in summaries[0]["axes"]
-    return {"runs": summaries, "across_seeds": across_seeds(summaries) if has_seed_axis else None}
+    return {
+        "runs": list(summaries),
+        "across_seeds": across_seeds(summaries) if has_seed_axis else None,
+    }

@@ -88,6 +88,27 @@ def _generate(payload: Any) -> torch.Tensor:
     return fill(shape)
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def check_literal(
+    payload: Any,
+    shape: Shape,
+    integers: bool,
+    dtype: str,
+    loc: Loc,
+    ids: str = "id",
+    note: str = "",
+) -> None:
+    """A nested-list payload, checked before it is queued: rectangular, numbers of the right
+    kind, finite, and within the dtype's range (see `check_values`)."""
+    if not isinstance(payload, list):
+        return
+    peak = check_values(payload, shape, integers, loc, ids, note)
+    if not integers and peak > torch.finfo(DTYPES[dtype]).max:
+        raise _overflow(DTYPES[dtype], loc)
+
+
 def tensor_from_payload(
     payload: Any,
     shape: Shape,
@@ -98,14 +119,12 @@ def tensor_from_payload(
     note: str = "",
 ) -> torch.Tensor:
     """The tensor a payload describes, on the CPU: int64 ids if `integers`, else `dtype`.
-    `ids` and `note` word the error of a non-integer id, as in `check_values`.
+    A nested list was checked by `check_literal` when the run was planned; `ids` and `note`
+    word the error of a generator that draws no integer ids.
 
     Generated floats are drawn in float32 (as `torch.randn` does by default), then cast.
     """
     if isinstance(payload, list):
-        peak = check_values(payload, shape, integers, loc, ids, note)
-        if not integers and peak > torch.finfo(dtype).max:
-            raise _overflow(dtype, loc)
         try:
             return torch.tensor(payload, dtype=torch.int64 if integers else dtype)
         except (OverflowError, RuntimeError) as exc:

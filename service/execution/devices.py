@@ -34,13 +34,16 @@ class DevicePolicy:
     allowed: frozenset[str]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "DevicePolicy":
-        """Resolve `auto`; refuse at start-up a configured device this machine lacks."""
-        default = canonical_device(_resolve(settings.device))
-        allowed = {canonical_device(_resolve(d)) for d in settings.allowed_devices}
+    def from_settings(cls, settings: Settings, local: bool = True) -> "DevicePolicy":
+        """Resolve `auto`; refuse at start-up a configured device this machine lacks. Where
+        runs execute elsewhere (`local=False`: Celery workers), the API process neither
+        probes nor initialises a device: `auto` is the CPU, and the workers have the rest."""
+        resolve = _resolve if local else (lambda d: "cpu" if d == "auto" else d)
+        default = canonical_device(resolve(settings.device))
+        allowed = {canonical_device(resolve(d)) for d in settings.allowed_devices}
         allowed = allowed or {default, "cpu"}
         allowed.add(default)
-        missing = sorted(d for d in allowed if not _available(d))
+        missing = sorted(d for d in allowed if local and not _available(d))
         if missing:
             raise ValueError(f"configured devices not available on this machine: {missing}")
         return cls(default, frozenset(allowed))

@@ -1,56 +1,75 @@
-"""The embedded backend: the runtime's run threads, inside the API process."""
+"""The embedded backend: jobs run on the runtime's run threads inside the API process and are
+kept in memory, bounded in bytes and in time."""
 
 import asyncio
 import contextlib
-import math
+import logging
+import statistics
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from service.config import Settings
-from service.errors import NotReady, Overloaded, Timeout
-from service.execution.backend import Task
-from service.execution.tasks import execute
+from service.errors import Cancelled, GradiagError, IdempotencyConflict, NotReady, Timeout
+from service.execution.backend import (
+    RUN_SECONDS_BUCKETS,
+    BackendMetrics,
+    Idempotency,
+    Load,
+    cumulative,
+)
+from service.execution.jobs import JobSpec, combine, execute_unit, new_job, now
 from service.runtime import Runtime
+from service.schemas.jobs import TERMINAL, Job
+
+logger = logging.getLogger("gradiag")
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-        loop.call_soon_threadsafe(callback, *args)
+@dataclass
+class _Entry:
+    job: Job
+    owner: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    timed_out: bool = False
+    idempotency: Idempotency | None = None
+    nbytes: int = 0
+    finished_at: float = 0.0
 
 
 class InProcessBackend:
-    """`concurrency` run threads run tasks; up to `queue_capacity` more wait; the rest get 429.
-
-    Admission is counted on the event loop (single-threaded, so no lock); a slot is freed
-    when its thread really finishes, so a timed-out run holds its slot until it has stopped
-    at its next cancellation check.
-    """
+    """`concurrency` run threads; jobs beyond them wait in the executor's queue. The job
+    table lives on the event loop; run threads hand their updates to it."""
 
     def __init__(self, settings: Settings):
         self._settings = settings
-        self.concurrency = settings.concurrency
-        self._limit = settings.concurrency + settings.queue_capacity
         self._runtime: Runtime | None = None
         self._accepting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._jobs: OrderedDict[str, _Entry] = OrderedDict()
+        self._keys: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> job id
         self._in_flight = 0
         self._durations: deque[float] = deque(maxlen=32)
-
-    @property
-    def capacity(self) -> int:
-        return self._limit
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
+        self._kept_bytes = 0
+        self._states: dict[str, int] = {}
+        self._running = 0
+        self._run_counts: dict[tuple[str, str], dict[float, int]] = {}
+        self._run_sums: dict[tuple[str, str], float] = {}
 
     @property
     def runtime(self) -> Runtime | None:
         return self._runtime
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._runtime = await asyncio.to_thread(Runtime.bootstrap, self._settings)
         self._accepting = True
 
@@ -59,42 +78,174 @@ class InProcessBackend:
         if self._runtime is not None:
             await asyncio.to_thread(self._runtime.close)
 
-    def ready(self) -> bool:
-        return self._accepting
-
-    def _retry_after(self) -> int:
-        typical = sorted(self._durations)[len(self._durations) // 2] if self._durations else 1.0
-        return max(1, math.ceil(typical * self._in_flight / self.concurrency))
-
-    def _timed(self, runtime: Runtime, task: Task, cancel: threading.Event) -> Any:
-        started = time.perf_counter()
-        try:
-            return execute(task, cancel, runtime.models)
-        finally:
-            self._durations.append(time.perf_counter() - started)
-
-    def _release(self, _: Future[Any]) -> None:
-        self._in_flight -= 1
-
-    async def submit(self, task: Task, timeout_s: float) -> Any:
-        runtime = self._runtime
-        if not self._accepting or runtime is None:
+    async def ready(self) -> None:
+        if not self._accepting or self._runtime is None:
             raise NotReady("the backend is stopping or not started")
-        if self._in_flight >= self._limit:
-            raise Overloaded(
-                f"{self._in_flight} runs in flight, capacity {self._limit}",
-                headers={"Retry-After": str(self._retry_after())},
-            )
-        loop = asyncio.get_running_loop()
-        cancel = threading.Event()
+
+    async def load(self, spec: JobSpec) -> Load:
+        settings = self._settings
+        typical = statistics.median(self._durations) if self._durations else 1.0
+        capacity = settings.concurrency + settings.queue_capacity
+        return Load(self._in_flight, capacity, typical, settings.concurrency)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "inprocess", "in_flight": self._in_flight}
+
+    async def metrics(self) -> BackendMetrics:
+        runs = {
+            key: (cumulative(counts), self._run_sums[key])
+            for key, counts in self._run_counts.items()
+        }
+        waiting = self._in_flight - self._running
+        return BackendMetrics(
+            {"inprocess": waiting}, dict(self._states), self._settings.concurrency, runs
+        )
+
+    async def submit(self, spec: JobSpec, idempotency: Idempotency | None) -> tuple[Job, bool]:
+        await self.ready()
+        runtime, loop = self._runtime, self._loop
+        assert runtime is not None and loop is not None
+        self._expire()
+        if idempotency is not None:
+            existing = self._keys.get((spec.owner, idempotency.key))
+            if existing is not None and existing in self._jobs:
+                entry = self._jobs[existing]
+                assert entry.idempotency is not None
+                if entry.idempotency.body_sha256 != idempotency.body_sha256:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with another body",
+                        extra={"job": f"/v1/jobs/{existing}"},
+                    )
+                return entry.job, True
+            self._keys[(spec.owner, idempotency.key)] = spec.id
+        entry = _Entry(new_job(spec), spec.owner, idempotency=idempotency)
+        self._jobs[spec.id] = entry
+        self._count("queued")
         self._in_flight += 1
-        future = runtime.run_threads.submit(self._timed, runtime, task, cancel)
-        future.add_done_callback(lambda f: _call_soon(loop, self._release, f))
+        future = runtime.run_threads.submit(self._execute, runtime, spec, entry)
+        future.add_done_callback(lambda _: self._call_soon(self._finished, entry))
+        deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
+        future.add_done_callback(lambda _: self._call_soon(deadline.cancel))
+        return entry.job, False
+
+    async def job(self, job_id: str, owner: str) -> Job | None:
+        entry = self._jobs.get(job_id)
+        return entry.job if entry is not None and entry.owner == owner else None
+
+    async def wait(self, job_id: str, owner: str, timeout_s: float) -> Job | None:
+        entry = self._jobs.get(job_id)
+        if entry is None or entry.owner != owner:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(entry.finished.wait(), timeout_s)
+        return entry.job
+
+    async def cancel(self, job_id: str, owner: str) -> Job | None:
+        entry = self._jobs.get(job_id)
+        if entry is None or entry.owner != owner:
+            return None
+        entry.cancel.set()
+        return entry.job
+
+    # On a run thread.
+
+    def _execute(self, runtime: Runtime, spec: JobSpec, entry: _Entry) -> None:
+        job = entry.job
+        started = time.perf_counter()
+        if entry.cancel.is_set():
+            self._call_soon(self._settle, entry, "cancelled", None, None)
+            return
+        self._call_soon(self._start, entry)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
-        except TimeoutError:
-            cancel.set()
-            raise Timeout(f"the run exceeded its deadline of {timeout_s:g} s") from None
-        except asyncio.CancelledError:
-            cancel.set()  # the client went away: stop the run at its next layer
-            raise
+            pieces = []
+            for unit in spec.units:
+                unit_started = time.perf_counter()
+                pieces.append(execute_unit(unit, entry.cancel, runtime.models))
+                seconds = time.perf_counter() - unit_started
+                self._call_soon(self._progress, entry, len(pieces), unit.plan.device, seconds)
+            result = combine(spec.kind, [u.label for u in spec.units], pieces)
+            nbytes = len(orjson.dumps(result))
+        except Cancelled:
+            if entry.timed_out:
+                late = Timeout(f"the job exceeded its deadline of {self._timeout_text}")
+                self._call_soon(self._settle, entry, "failed", None, late.problem())
+            else:
+                self._call_soon(self._settle, entry, "cancelled", None, None)
+            return
+        except GradiagError as error:
+            self._call_soon(self._settle, entry, "failed", None, error.problem())
+            return
+        except Exception:
+            logger.exception("job %s failed", job["id"])
+            unexpected = GradiagError("an unexpected error occurred")
+            self._call_soon(self._settle, entry, "failed", None, unexpected.problem())
+            return
+        finally:
+            self._durations.append((time.perf_counter() - started) / max(1, len(spec.units)))
+        entry.nbytes = nbytes
+        self._call_soon(self._settle, entry, "succeeded", result, None)
+
+    @property
+    def _timeout_text(self) -> str:
+        return f"{self._settings.job_timeout_s:g} s"
+
+    def _call_soon(self, callback: Any, *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # On the event loop.
+
+    def _start(self, entry: _Entry) -> None:
+        entry.job["status"] = "running"
+        entry.job["started_at"] = now()
+        self._running += 1
+        self._count("running")
+
+    def _progress(self, entry: _Entry, done: int, device: str, seconds: float) -> None:
+        entry.job["progress"]["done"] = done
+        key = (entry.job["kind"], device)
+        bound = next(b for b in RUN_SECONDS_BUCKETS if seconds <= b)
+        counts = self._run_counts.setdefault(key, {})
+        counts[bound] = counts.get(bound, 0) + 1
+        self._run_sums[key] = self._run_sums.get(key, 0.0) + seconds
+
+    def _count(self, state: str) -> None:
+        self._states[state] = self._states.get(state, 0) + 1
+
+    def _settle(self, entry: _Entry, status: Any, result: Any, error: Any) -> None:
+        job = entry.job
+        if job["status"] == "running":
+            self._running -= 1
+        self._count(status)
+        job["status"], job["result"], job["error"] = status, result, error
+        job["finished_at"] = now()
+        entry.finished_at = time.monotonic()
+        entry.finished.set()
+
+    def _finished(self, entry: _Entry) -> None:
+        self._in_flight -= 1
+        if entry.job["status"] not in TERMINAL:  # the thread ended without settling it
+            self._settle(entry, "failed", None, GradiagError("the run ended early").problem())
+        self._kept_bytes += entry.nbytes
+        self._expire()
+
+    def _time_out(self, entry: _Entry) -> None:
+        if entry.job["status"] not in TERMINAL:
+            entry.timed_out = True
+            entry.cancel.set()
+
+    def _expire(self) -> None:
+        """Drop finished jobs past their time to live, then the oldest past the byte budget."""
+        horizon = time.monotonic() - self._settings.job_ttl_s
+        for job_id, entry in list(self._jobs.items()):
+            if entry.job["status"] not in TERMINAL:
+                continue
+            if entry.finished_at < horizon or self._kept_bytes > self._settings.job_store_bytes:
+                self._drop(job_id, entry)
+
+    def _drop(self, job_id: str, entry: _Entry) -> None:
+        del self._jobs[job_id]
+        self._kept_bytes -= entry.nbytes
+        if entry.idempotency is not None:
+            self._keys.pop((entry.owner, entry.idempotency.key), None)

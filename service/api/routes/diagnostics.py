@@ -3,9 +3,10 @@
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.deps import RunServiceDep
-from service.api.runs import RUN_ERRORS, json_response, until_disconnected
+from service.api.deps import OwnerDep, PreferHeader, RunServiceDep
+from service.api.runs import RUN_ERRORS, answer
 from service.api.strict_json import StrictJSONRoute
+from service.schemas.jobs import CompareJob, DiagnosticsJob
 from service.schemas.reports import CompareReport, DiagnosticsReport
 from service.schemas.requests import CompareRequest, DiagnosticsRequest
 
@@ -20,7 +21,11 @@ router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=S
     summary="Diagnose gradient flow in one model",
 )
 async def run_diagnostics(
-    body: DiagnosticsRequest, request: Request, runs: RunServiceDep
+    body: DiagnosticsRequest,
+    request: Request,
+    runs: RunServiceDep,
+    owner: OwnerDep,
+    prefer: PreferHeader = None,
 ) -> Response:
     """Build the model described by `model` with weights drawn as after
     `torch.manual_seed(seed)`, run one forward pass on `input`, the `loss` against `target`
@@ -32,8 +37,12 @@ async def run_diagnostics(
     `torch.manual_seed(seed)`. NaN or infinite statistics are `null`, with counts and a
     finding. Requests that do not fit the architecture or the budget are refused with 422
     before anything is allocated.
+
+    Past the server's request deadline the answer is 504 with the job's address, where the
+    run goes on; with `Prefer: respond-async` it is 202 with the job at once.
     """
-    return json_response(await until_disconnected(request, runs.diagnose(body)))
+    job = DiagnosticsJob(kind="diagnostics", request=body)
+    return await answer(request, runs, job, owner, prefer)
 
 
 @router.post(
@@ -44,7 +53,11 @@ async def run_diagnostics(
     summary="Diagnose variants of a model side by side",
 )
 async def compare_diagnostics(
-    body: CompareRequest, request: Request, runs: RunServiceDep
+    body: CompareRequest,
+    request: Request,
+    runs: RunServiceDep,
+    owner: OwnerDep,
+    prefer: PreferHeader = None,
 ) -> Response:
     """Run each variant (the base request with the variant's JSON Merge Patch, RFC 7386,
     applied) and report every run under `runs.<variant>`, plus, per parameter and per
@@ -53,4 +66,5 @@ async def compare_diagnostics(
     The lesson's experiment is one call: variants `{"plain": {"model": {"shortcut": false}},
     "shortcut": {"model": {"shortcut": true}}}`.
     """
-    return json_response(await until_disconnected(request, runs.compare(body)))
+    job = CompareJob(kind="compare", request=body)
+    return await answer(request, runs, job, owner, prefer)

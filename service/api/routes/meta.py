@@ -3,17 +3,17 @@
 import asyncio
 from typing import Any, get_args
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, TypeAdapter
 
 import service
-from service.api.deps import RunServiceDep
+from service.api.deps import RunServiceDep, get_owner
 from service.api.problems import problem_responses
 from service.architectures.activations import ACTIVATIONS
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits
 from service.diagnostics.losses import LOSSES
-from service.diagnostics.model_cache import DTYPES
+from service.diagnostics.tensors import DTYPES
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import NotReady
 from service.schemas.layers import LAYER_SPECS
@@ -64,7 +64,8 @@ class Capabilities(BaseModel):
     limits: Limits
     max_body_bytes: int
     request_timeout_s: float
-    capacity: int
+    job_timeout_s: float
+    backend: str
 
 
 class Health(BaseModel):
@@ -81,17 +82,23 @@ class CacheState(BaseModel):
 class Readiness(BaseModel):
     status: str
     device: str
-    in_flight: int
-    capacity: int
-    model_cache: CacheState
-    statistics_kernel: str = Field(
+    backend: dict[str, Any] = Field(description="the backend's name and state")
+    model_cache: CacheState | None = Field(description="null where runs execute elsewhere")
+    statistics_kernel: str | None = Field(
         description="the native statistics kernel: `ready`; `off` (GRADIAG_NATIVE_STATISTICS="
         "false); or why it is not used (not built, or it failed its check), in which case "
-        "the plain-torch reference path computes the statistics"
+        "the plain-torch reference path computes the statistics; null where runs execute "
+        "elsewhere"
     )
 
 
-@router.get("/v1/capabilities", operation_id="get_capabilities", response_model=Capabilities)
+@router.get(
+    "/v1/capabilities",
+    operation_id="get_capabilities",
+    response_model=Capabilities,
+    responses=problem_responses(401),
+    dependencies=[Depends(get_owner)],
+)
 async def get_capabilities(runs: RunServiceDep) -> Capabilities:
     """Everything a client needs to build a valid request: model kinds and layer types with
     their JSON schemas, GPT presets, activations, losses, dtypes, tensor generators, the
@@ -114,7 +121,8 @@ async def get_capabilities(runs: RunServiceDep) -> Capabilities:
         limits=settings.limits,
         max_body_bytes=settings.max_body_bytes,
         request_timeout_s=settings.request_timeout_s,
-        capacity=runs.backend.capacity,
+        job_timeout_s=settings.job_timeout_s,
+        backend=settings.backend,
     )
 
 
@@ -128,25 +136,27 @@ async def healthz() -> Health:
     "/readyz", operation_id="readyz", response_model=Readiness, responses=problem_responses(503)
 )
 async def readyz(runs: RunServiceDep) -> Readiness:
-    """Readiness: the backend accepts work and a tiny allocation on the default device
-    succeeds. 503 while starting, stopping (in-flight work still finishes) or broken."""
+    """Readiness: the backend accepts work (Redis answers, on the celery backend) and, where
+    runs execute in this process, a tiny allocation on the default device succeeds. 503
+    while starting, stopping (in-flight work still finishes) or broken."""
     backend = runs.backend
-    runtime = backend.runtime
-    if not backend.ready() or runtime is None:
-        raise NotReady("the backend is not accepting work")
-    if not await asyncio.to_thread(runs.devices.usable):
+    await backend.ready()
+    runtime = getattr(backend, "runtime", None)
+    if runtime is not None and not await asyncio.to_thread(runs.devices.usable):
         raise NotReady(f"device {runs.devices.default} is not usable")
-    models = runtime.models
-    return Readiness(
-        status="ready",
-        device=runs.devices.default,
-        in_flight=backend.in_flight,
-        capacity=backend.capacity,
-        model_cache=CacheState(
+    cache = None
+    if runtime is not None:
+        models = runtime.models
+        cache = CacheState(
             hits=models.hits,
             misses=models.misses,
             idle_bytes=models.idle_bytes,
             max_bytes=models.max_bytes,
-        ),
-        statistics_kernel=runtime.statistics.state,
+        )
+    return Readiness(
+        status="ready",
+        device=runs.devices.default,
+        backend=backend.describe(),
+        model_cache=cache,
+        statistics_kernel=runtime.statistics.state if runtime is not None else None,
     )

@@ -3,9 +3,10 @@
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.api.deps import RunServiceDep
-from service.api.runs import RUN_ERRORS, json_response, until_disconnected
+from service.api.deps import OwnerDep, PreferHeader, RunServiceDep
+from service.api.runs import RUN_ERRORS, answer
 from service.api.strict_json import StrictJSONRoute
+from service.schemas.jobs import SweepJob
 from service.schemas.sweeps import SweepReport, SweepRequest
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], route_class=StrictJSONRoute)
@@ -18,7 +19,13 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], route_class=StrictJSONR
     responses=RUN_ERRORS,
     summary="Run a request over a grid of values",
 )
-async def run_sweep(body: SweepRequest, request: Request, runs: RunServiceDep) -> Response:
+async def run_sweep(
+    body: SweepRequest,
+    request: Request,
+    runs: RunServiceDep,
+    owner: OwnerDep,
+    prefer: PreferHeader = None,
+) -> Response:
     """Set every combination of the `axes` values (each axis a dotted `path` into the
     request, e.g. `model.shortcut` or `seed`) into `base`, run each, and list every run with
     its axis values and a per-layer and per-parameter summary. When `seed` is an axis,
@@ -28,4 +35,4 @@ async def run_sweep(body: SweepRequest, request: Request, runs: RunServiceDep) -
     The seed experiment generalised: gradient at layer 0 versus depth, with and without
     shortcuts, over five seeds, in one call. The sweep counts against the budget as a whole.
     """
-    return json_response(await until_disconnected(request, runs.sweep(body)))
+    return await answer(request, runs, SweepJob(kind="sweep", request=body), owner, prefer)

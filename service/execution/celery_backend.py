@@ -1,0 +1,244 @@
+"""The Celery backend, as the API process sees it: it publishes each run of a job to its
+queue with a broker-only Celery app (off the event loop), and reads jobs, progress and
+results from Redis with redis.asyncio. It never imports torch's devices or runs a model.
+
+Redis unreachable is an answer, not a hang: every call fails fast with NotReady (503 with
+`Retry-After`), and the next call tries again.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from service.config import Settings
+from service.errors import IdempotencyConflict, NotReady
+from service.execution import redis_jobs as keys
+from service.execution.backend import BackendMetrics, Idempotency, Load, cumulative
+from service.execution.celery_app import RUN_TASK, make_celery
+from service.execution.jobs import JobSpec, new_job, now
+from service.schemas.jobs import TERMINAL, Job
+
+logger = logging.getLogger("gradiag")
+
+RETRY_AFTER_S = 5
+REDIS_TIMEOUT_S = 2.0
+HARD_LIMIT_GRACE_S = 10  # the run stops itself at the deadline; the kill comes after this
+
+
+@contextlib.asynccontextmanager
+async def _broker() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OperationalError, OSError) as exc:
+        raise NotReady(
+            f"the job store is unreachable: {type(exc).__name__}",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+
+
+class CeleryBackend:
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._redis = aioredis.Redis.from_url(
+            settings.broker_url,
+            decode_responses=True,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            max_connections=256,
+        )
+        self._settle = self._redis.register_script(keys.SETTLE)
+        self._celery = make_celery(settings)
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._workers = 0
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen())
+        self._accepting = True
+
+    async def stop(self) -> None:
+        self._accepting = False
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+
+    async def ready(self) -> None:
+        if not self._accepting:
+            raise NotReady("the backend is stopping or not started")
+        async with _broker():
+            await self._redis.ping()
+            self._workers = len([k async for k in self._redis.scan_iter(keys.WORKERS + "*")])
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "celery", "workers": self._workers}
+
+    async def metrics(self) -> BackendMetrics:
+        async with _broker():
+            # kombu keeps a set `_kombu.binding.<queue>` per declared queue.
+            bindings = [k async for k in self._redis.scan_iter("_kombu.binding.*")]
+            names = sorted(k.removeprefix("_kombu.binding.") for k in bindings)
+            depths = {name: await self._redis.llen(name) for name in names}
+            states: dict[str, str] = await self._redis.hgetall(keys.JOB_STATES)  # type: ignore[assignment]
+            observed: dict[str, str] = await self._redis.hgetall(keys.RUN_SECONDS)  # type: ignore[assignment]
+            workers = len([k async for k in self._redis.scan_iter(keys.WORKERS + "*")])
+        counts: dict[tuple[str, str], dict[float, int]] = {}
+        sums: dict[tuple[str, str], float] = {}
+        for field, value in observed.items():
+            kind, device, bound = field.split("|")
+            if bound == "sum":
+                sums[(kind, device)] = float(value)
+            else:
+                counts.setdefault((kind, device), {})[float(bound)] = int(value)
+        runs = {key: (cumulative(c), sums.get(key, 0.0)) for key, c in counts.items()}
+        return BackendMetrics(depths, {s: int(n) for s, n in states.items()}, workers, runs)
+
+    async def load(self, spec: JobSpec) -> Load:
+        queues = {self._queue(unit) for unit in spec.units}
+        async with _broker():
+            pending = sum([await self._redis.llen(q) for q in sorted(queues)])
+        return Load(pending, self._settings.max_queued_runs, 1.0, max(1, self._workers))
+
+    def _queue(self, unit: Any) -> str:
+        estimate = unit.plan.model.estimate.flops
+        return keys.queue_name(unit.plan.device, estimate, self._settings.large_flops)
+
+    async def submit(self, spec: JobSpec, idempotency: Idempotency | None) -> tuple[Job, bool]:
+        settings, job = self._settings, new_job(spec)
+        ttl = int(settings.job_ttl_s)
+        async with _broker():
+            if idempotency is not None:
+                replay = await self._claim(spec, idempotency, ttl)
+                if replay is not None:
+                    return replay, True
+            deadline_at = time.time() + settings.job_timeout_s
+            labels = [unit.label for unit in spec.units]
+            meta = {"kind": spec.kind, "owner": spec.owner, "labels": labels}
+            pipe = self._redis.pipeline()
+            fields: Any = keys.new_job_fields(job, meta)
+            pipe.hset(keys.job_key(spec.id), mapping=fields)
+            pipe.expire(keys.job_key(spec.id), ttl)
+            pipe.hincrby(keys.JOB_STATES, "queued", 1)
+            await pipe.execute()
+            messages = [
+                (
+                    {
+                        **unit.message(),
+                        "job": spec.id,
+                        "kind": spec.kind,
+                        "labels": labels,
+                        "deadline_at": deadline_at,
+                    },
+                    self._queue(unit),
+                )
+                for unit in spec.units
+            ]
+            await asyncio.to_thread(self._publish, spec.id, messages)
+        return job, False
+
+    async def _claim(self, spec: JobSpec, idempotency: Idempotency, ttl: int) -> Job | None:
+        """The job an earlier request with this key started, or None after claiming it."""
+        key = keys.idempotency_key(spec.owner, idempotency.key)
+        claim = orjson.dumps({"job": spec.id, "body": idempotency.body_sha256}).decode()
+        if await self._redis.set(key, claim, nx=True, ex=ttl):
+            return None
+        existing = orjson.loads(await self._redis.get(key) or "{}")
+        if existing.get("body") != idempotency.body_sha256:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used with another body",
+                extra={"job": f"/v1/jobs/{existing.get('job')}"},
+            )
+        job = await self.job(existing["job"], spec.owner)
+        if job is None:  # expired: the key is free again
+            await self._redis.delete(key)
+            return await self._claim(spec, idempotency, ttl)
+        return job
+
+    def _publish(self, job_id: str, messages: list[tuple[dict[str, Any], str]]) -> None:
+        """Blocking: kombu's producer. One task per run, so N workers run a sweep N-wide."""
+        limit = int(self._settings.job_timeout_s) + HARD_LIMIT_GRACE_S
+        with self._celery.connection_for_write() as connection:
+            for message, queue in messages:
+                self._celery.send_task(
+                    RUN_TASK,
+                    args=[message],
+                    queue=queue,
+                    task_id=f"{job_id}-{message['index']}",
+                    time_limit=limit,
+                    connection=connection,
+                    retry=False,
+                )
+
+    async def job(self, job_id: str, owner: str) -> Job | None:
+        async with _broker():
+            fields: dict[str, str] = await self._redis.hgetall(keys.job_key(job_id))  # type: ignore[assignment]
+        if not fields:
+            return None
+        job, meta = keys.decode_job(job_id, fields)
+        return job if meta["owner"] == owner else None
+
+    async def wait(self, job_id: str, owner: str, timeout_s: float) -> Job | None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(waiter)
+        try:
+            job = await self.job(job_id, owner)
+            if job is None or job["status"] in TERMINAL:
+                return job
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            return await self.job(job_id, owner)
+        finally:
+            waiters = self._waiters.get(job_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+    async def cancel(self, job_id: str, owner: str) -> Job | None:
+        job = await self.job(job_id, owner)
+        if job is None or job["status"] in TERMINAL:
+            return job
+        async with _broker():
+            ttl = int(self._settings.job_ttl_s)
+            await self._redis.set(keys.cancel_key(job_id), "1", ex=ttl)
+            if job["status"] == "queued":  # its runs will find it finished and not start
+                names, args = keys.settle_args(job_id, "cancelled", now(), None, None, ttl)
+                await self._settle(keys=names, args=args)
+        return await self.job(job_id, owner)
+
+    async def _listen(self) -> None:
+        """Wake the requests waiting for jobs that finish; reconnects after Redis faults.
+        Every wait reads the job again, so a missed message costs only its timeout."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.FINISHED_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake(str(message["data"]))
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                logger.warning("job events: %s; reconnecting", type(exc).__name__)
+                self._wake_all()
+                await asyncio.sleep(1.0)
+
+    def _wake(self, job_id: str) -> None:
+        for waiter in self._waiters.get(job_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_all(self) -> None:
+        for job_id in list(self._waiters):
+            self._wake(job_id)
