@@ -83,7 +83,7 @@ class Backend(Protocol):
         cancellation point. Returns the job as it stands."""
         ...
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         """What /readyz reports about the backend."""
         ...
 

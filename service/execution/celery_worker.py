@@ -23,6 +23,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.config import Settings
+from service.diagnostics.run import CANCEL_POINTS_MIN_FLOPS
 from service.errors import Cancelled, GradiagError, Timeout, WorkerLost
 from service.execution import redis_jobs as keys
 from service.execution.backend import RUN_SECONDS_BUCKETS
@@ -63,12 +64,13 @@ class WorkerState:
 
     def run(self, message: dict[str, Any]) -> None:
         job_id, index = message["job"], message["index"]
-        deliveries = self.redis.hincrby(keys.attempts_key(job_id), str(index), 1)
-        self.redis.expire(keys.attempts_key(job_id), int(self.settings.job_ttl_s))
-        status = self._start(keys=[keys.job_key(job_id), keys.JOB_STATES], args=[now()])
-        if status is None or status in keys.TERMINAL_STATES:
+        names = [keys.job_key(job_id), keys.JOB_STATES, keys.attempts_key(job_id),
+                 keys.cancel_key(job_id)]  # fmt: skip
+        args = [now(), str(index), str(int(self.settings.job_ttl_s))]
+        status, deliveries, cancelled = self._start(keys=names, args=args)
+        if not status or status in keys.TERMINAL_STATES:
             return  # cancelled, failed by another run, or expired
-        if self.redis.exists(keys.cancel_key(job_id)):
+        if cancelled:
             self.settle(job_id, "cancelled")
             return
         if deliveries > MAX_DELIVERIES:
@@ -91,7 +93,10 @@ class WorkerState:
         watcher = threading.Thread(
             target=self._watch, args=(message, cancel, timed_out), daemon=True
         )
-        watcher.start()
+        # A run without cancellation points (see run.py) has nothing to watch for.
+        watched = unit.plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS
+        if watched:
+            watcher.start()
         started = time.perf_counter()
         try:
             piece = runtime.run_threads.submit(execute_unit, unit, cancel, runtime.models).result()
@@ -103,7 +108,8 @@ class WorkerState:
             raise _CancelledRun from None
         finally:
             cancel.set()  # ends the watcher
-            watcher.join()
+            if watched:
+                watcher.join()
         self._observe(message["kind"], unit.plan.device, time.perf_counter() - started)
         return piece
 
@@ -122,6 +128,10 @@ class WorkerState:
 
     def _store(self, message: dict[str, Any], piece: Any) -> None:
         job_id, ttl = message["job"], int(self.settings.job_ttl_s)
+        if len(message["labels"]) == 1:  # the job's only run: its piece is the result
+            self.redis.hincrby(keys.job_key(job_id), "done", 1)
+            self.settle(job_id, "succeeded", result=combine(message["kind"], [{}], [piece]))
+            return
         pipe = self.redis.pipeline()
         pipe.hset(keys.pieces_key(job_id), str(message["index"]), orjson.dumps(piece).decode())
         pipe.expire(keys.pieces_key(job_id), ttl)

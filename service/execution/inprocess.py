@@ -88,7 +88,7 @@ class InProcessBackend:
         capacity = settings.concurrency + settings.queue_capacity
         return Load(self._in_flight, capacity, typical, settings.concurrency)
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         return {"name": "inprocess", "in_flight": self._in_flight}
 
     async def metrics(self) -> BackendMetrics:

@@ -57,15 +57,18 @@ redis.call('PUBLISH', KEYS[3], ARGV[6])
 return 1
 """
 
-# KEYS[1] job; ARGV: started_at. Queued -> running; returns the status it finds.
+# KEYS: job, metrics of job states, attempts, cancel flag; ARGV: started_at, run index, ttl.
+# Counts the run's delivery; queued -> running. Returns {status, deliveries, cancelled}.
 START = """
+local deliveries = redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('EXPIRE', KEYS[3], ARGV[3])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
   redis.call('HINCRBY', KEYS[2], 'running', 1)
-  return 'running'
+  status = 'running'
 end
-return status
+return {status or '', deliveries, redis.call('EXISTS', KEYS[4])}
 """
 
 

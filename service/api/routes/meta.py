@@ -156,7 +156,7 @@ async def readyz(runs: RunServiceDep) -> Readiness:
     return Readiness(
         status="ready",
         device=runs.devices.default,
-        backend=backend.describe(),
+        backend=await backend.describe(),
         model_cache=cache,
         statistics_kernel=runtime.statistics.state if runtime is not None else None,
     )
