@@ -13,12 +13,16 @@ from service.config import get_settings
 
 def _serve(args: argparse.Namespace) -> None:
     settings = get_settings()
+    workers = args.workers or settings.workers
+    if workers > 1 and settings.backend == "inprocess":
+        # Each process would keep its own jobs: a GET could reach one that never saw it.
+        sys.exit("gradiag serve: several processes need GRADIAG_BACKEND=celery (shared jobs)")
     uvicorn.run(
         "service.main:create_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
-        workers=args.workers or settings.workers,
+        workers=workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )

@@ -191,6 +191,8 @@ class RunService:
                 extra={"job": location},
                 headers={"Location": location},
             )
+        # Answered here, the job is nobody's to fetch later: it is not kept.
+        await self.backend.forget(job_id, owner)
         if finished["status"] == "succeeded" and finished["result"] is not None:
             return finished["result"]
         if finished["error"] is not None:

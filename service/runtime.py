@@ -119,6 +119,7 @@ class Runtime:
         return runtime
 
     def close(self) -> None:
-        """Let the runs in flight finish, then stop the threads; blocking."""
-        self.run_threads.shutdown(wait=True)
+        """Let the runs in flight finish, drop those not started, stop the threads;
+        blocking."""
+        self.run_threads.shutdown(wait=True, cancel_futures=True)
         self.side_thread.shutdown(wait=True, cancel_futures=True)

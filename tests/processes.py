@@ -79,7 +79,7 @@ class Worker:
         """Until its children exist and its heartbeat is in Redis."""
         client = redis.Redis.from_url(self.broker_url, decode_responses=True)
         deadline = time.monotonic() + limit_s
-        while not (client.keys("gradiag:workers:*") and len(self.children()) >= self.concurrency):
+        while not (client.hlen("gradiag:workers") and len(self.children()) >= self.concurrency):
             assert self.process.poll() is None, "the worker exited"
             assert time.monotonic() < deadline, "the worker did not start"
             time.sleep(0.1)

@@ -156,6 +156,14 @@ def test_a_worker_child_killed_mid_run_is_retried_once_then_fails_with_worker_lo
     assert api.post("/v1/diagnostics", json=LESSON_REQUEST).status_code == 200
 
 
+def test_a_compare_of_one_variant(api, client):
+    body = {"base": LESSON_REQUEST, "variants": {"only": {}}}
+    job = wait_for(api, submit(api, "compare", body)["id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job["error"]
+    direct = client.post("/v1/diagnostics/compare", json=body).json()
+    assert without_timing(job["result"]) == without_timing(direct)
+
+
 def test_an_idempotency_key_never_runs_a_job_twice(api):
     body = {"kind": "diagnostics", "request": LESSON_REQUEST}
     headers = {"Idempotency-Key": "celery-retry"}

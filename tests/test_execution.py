@@ -150,6 +150,8 @@ def test_stopping_backend_finishes_in_flight_work_and_reports_not_ready():
         runs = RunService(settings, devices, backend)
         request = DiagnosticsRequest.model_validate(LESSON_REQUEST)
         job, _ = await runs.submit(DiagnosticsJob(kind="diagnostics", request=request), "")
+        while job["status"] == "queued":  # in flight: running, not waiting
+            await asyncio.sleep(0.001)
         stopping = asyncio.create_task(backend.stop())
         await asyncio.sleep(0)
         try:

@@ -200,3 +200,31 @@ def test_metrics_parse_as_prometheus_text(jobs_client):
     assert {s.labels["state"] for s in families["gradiag_jobs"].samples} >= {"succeeded"}
     assert families["gradiag_workers"].samples[0].value == 1
     assert "gradiag_queue_depth" in families
+
+
+def test_answered_requests_are_not_kept_and_a_cancelled_queued_job_frees_its_slot(make_client):
+    client = make_client(concurrency=1, queue_capacity=1, limits={"max_flops": 10**15})
+    for _ in range(5):
+        assert client.post("/v1/diagnostics", json=LESSON_REQUEST).status_code == 200
+    assert client.get("/readyz").json()["backend"]["jobs_kept"] == 0
+    running = client.post("/v1/jobs", json={"kind": "diagnostics", "request": SLOW}).json()
+    wait_for(client, running["id"], {"running"})
+    queued = client.post("/v1/jobs", json={"kind": "diagnostics", "request": LESSON_REQUEST})
+    assert queued.status_code == 202 and queued.json()["status"] == "queued"
+    full = client.post("/v1/jobs", json={"kind": "diagnostics", "request": LESSON_REQUEST})
+    assert full.status_code == 429
+    cancelled = client.delete(f"/v1/jobs/{queued.json()['id']}").json()
+    assert cancelled["status"] == "cancelled"  # at once: it never started
+    again = client.post("/v1/jobs", json={"kind": "diagnostics", "request": LESSON_REQUEST})
+    assert again.status_code == 202  # its slot is free
+    client.delete(f"/v1/jobs/{running['id']}")
+    assert wait_for(client, again.json()["id"], {"succeeded"})["status"] == "succeeded"
+
+
+def test_a_job_whose_deadline_passes_in_the_queue_fails_with_timeout(make_client):
+    client = make_client(concurrency=1, job_timeout_s=1.0, limits={"max_flops": 10**15})
+    first = client.post("/v1/jobs", json={"kind": "diagnostics", "request": SLOW}).json()
+    second = client.post("/v1/jobs", json={"kind": "diagnostics", "request": LESSON_REQUEST})
+    waited = wait_for(client, second.json()["id"], {"failed", "succeeded", "cancelled"}, 30)
+    assert waited["status"] == "failed" and waited["error"]["code"] == "timeout"
+    assert wait_for(client, first["id"], {"failed"}, 30)["error"]["code"] == "timeout"

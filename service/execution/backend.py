@@ -78,6 +78,10 @@ class Backend(Protocol):
         """The job once it has finished, or as it stands after `timeout_s`."""
         ...
 
+    async def forget(self, job_id: str, owner: str) -> None:
+        """Drop a finished job whose result was delivered where it was asked for."""
+        ...
+
     async def cancel(self, job_id: str, owner: str) -> Job | None:
         """Ask the job to stop: queued runs never start, a running one stops at its next
         cancellation point. Returns the job as it stands."""

@@ -8,6 +8,7 @@ RUN_TASK = "gradiag.run"
 # Past a job's deadline its runs are killed; Redis redelivers a message nobody acknowledged
 # this long after it was taken, so it must outlast the longest run.
 VISIBILITY_MARGIN_S = 60
+REDIS_TIMEOUT_S = 5
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -22,7 +23,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,  # a long run does not hold short ones behind it
         worker_max_memory_per_child=settings.worker_max_memory_kb or None,
         broker_transport_options={
-            "visibility_timeout": int(settings.job_timeout_s) + VISIBILITY_MARGIN_S
+            "visibility_timeout": int(settings.job_timeout_s) + VISIBILITY_MARGIN_S,
+            # A Redis that stops answering is an error after this long, not a hang.
+            "socket_timeout": REDIS_TIMEOUT_S,
+            "socket_connect_timeout": REDIS_TIMEOUT_S,
         },
         broker_connection_timeout=2,
         broker_connection_retry_on_startup=True,

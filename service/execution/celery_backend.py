@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from service.config import Settings
-from service.errors import IdempotencyConflict, NotReady
+from service.errors import IdempotencyConflict, NotReady, Timeout
 from service.execution import redis_jobs as keys
 from service.execution.backend import BackendMetrics, Idempotency, Load, cumulative
 from service.execution.celery_app import RUN_TASK, make_celery
@@ -80,14 +80,19 @@ class CeleryBackend:
 
     async def describe(self) -> dict[str, Any]:
         async with _broker():
-            workers = [k async for k in self._redis.scan_iter(keys.WORKERS + "*", count=1000)]
-        return {"name": "celery", "workers": len(workers)}
+            beats: dict[str, str] = await self._redis.hgetall(keys.WORKERS)  # type: ignore[assignment]
+        fresh = time.time() - keys.WORKER_FRESH_S
+        return {"name": "celery", "workers": sum(float(t) > fresh for t in beats.values())}
 
     async def metrics(self) -> BackendMetrics:
         async with _broker():
             # kombu keeps a set `_kombu.binding.<queue>` per declared queue.
             bindings = [k async for k in self._redis.scan_iter("_kombu.binding.*")]
-            names = sorted(k.removeprefix("_kombu.binding.") for k in bindings)
+            names = sorted(
+                name
+                for name in (k.removeprefix("_kombu.binding.") for k in bindings)
+                if name.endswith((".small", ".large"))
+            )
             depths = {name: await self._redis.llen(name) for name in names}
             states: dict[str, str] = await self._redis.hgetall(keys.JOB_STATES)  # type: ignore[assignment]
             observed: dict[str, str] = await self._redis.hgetall(keys.RUN_SECONDS)  # type: ignore[assignment]
@@ -123,7 +128,12 @@ class CeleryBackend:
                     return replay, True
             deadline_at = time.time() + settings.job_timeout_s
             labels = [unit.label for unit in spec.units]
-            meta = {"kind": spec.kind, "owner": spec.owner, "labels": labels}
+            meta = {
+                "kind": spec.kind,
+                "owner": spec.owner,
+                "labels": labels,
+                "deadline_at": deadline_at,
+            }
             pipe = self._redis.pipeline()
             fields: Any = keys.new_job_fields(job, meta)
             pipe.hset(keys.job_key(spec.id), mapping=fields)
@@ -143,7 +153,15 @@ class CeleryBackend:
                 )
                 for unit in spec.units
             ]
-            await asyncio.to_thread(self._publish, spec.id, messages)
+            try:
+                await asyncio.to_thread(self._publish, spec.id, messages)
+            except Exception:
+                # Not published (or not all of it): the job ends, and its key is free again.
+                await self._redis.delete(keys.job_key(spec.id))
+                if idempotency is not None:
+                    claim = keys.idempotency_key(spec.owner, idempotency.key)
+                    await self._redis.delete(claim)
+                raise
         return job, False
 
     async def _claim(self, spec: JobSpec, idempotency: Idempotency, ttl: int) -> Job | None:
@@ -168,7 +186,7 @@ class CeleryBackend:
         """Blocking: kombu's producer. One task per run, so N workers run a sweep N-wide."""
         limit = int(self._settings.job_timeout_s) + HARD_LIMIT_GRACE_S
         # A pooled producer: a connection (and its declared queues) per publish cost 10 ms.
-        with self._celery.producer_pool.acquire(block=True) as producer:
+        with self._celery.producer_pool.acquire(block=True, timeout=REDIS_TIMEOUT_S) as producer:
             for message, queue in messages:
                 self._celery.send_task(
                     RUN_TASK,
@@ -183,27 +201,47 @@ class CeleryBackend:
     async def job(self, job_id: str, owner: str) -> Job | None:
         async with _broker():
             fields: dict[str, str] = await self._redis.hgetall(keys.job_key(job_id))  # type: ignore[assignment]
-        if not fields:
+        if not fields or "meta" not in fields:
             return None
         job, meta = keys.decode_job(job_id, fields)
-        return job if meta["owner"] == owner else None
+        if meta["owner"] != owner:
+            return None
+        overdue = time.time() > meta["deadline_at"] + HARD_LIMIT_GRACE_S
+        if job["status"] not in TERMINAL and overdue:  # no worker took it, or none is left
+            late = Timeout(f"the job exceeded its deadline of {self._settings.job_timeout_s:g} s")
+            ttl = self._settings.job_ttl_s
+            names, args = keys.settle_args(job_id, "failed", now(), None, late.problem(), ttl)
+            async with _broker():
+                await self._settle(keys=names, args=args)
+                return await self.job(job_id, owner)
+        return job
 
     async def wait(self, job_id: str, owner: str, timeout_s: float) -> Job | None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(job_id, []).append(waiter)
-        try:
-            job = await self.job(job_id, owner)
-            if job is None or job["status"] in TERMINAL:
-                return job
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
-            return await self.job(job_id, owner)
-        finally:
-            waiters = self._waiters.get(job_id, [])
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters:
-                self._waiters.pop(job_id, None)
+        """A wake-up only means "read the job again": it may come from a reconnect."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(job_id, []).append(waiter)
+            try:
+                job = await self.job(job_id, owner)
+                left = deadline - loop.time()
+                if job is None or job["status"] in TERMINAL or left <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), left)
+            finally:
+                waiters = self._waiters.get(job_id, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiters.pop(job_id, None)
+
+    async def forget(self, job_id: str, owner: str) -> None:
+        async with _broker():
+            await self._redis.delete(
+                keys.job_key(job_id), keys.attempts_key(job_id), keys.cancel_key(job_id)
+            )
 
     async def cancel(self, job_id: str, owner: str) -> Job | None:
         job = await self.job(job_id, owner)

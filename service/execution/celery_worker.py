@@ -36,6 +36,7 @@ logger = logging.getLogger("gradiag")
 MAX_DELIVERIES = 2  # a run is redelivered at most once after its worker was lost
 CANCEL_POLL_S = 0.05
 HEARTBEAT_S = 5.0
+REDIS_TIMEOUT_S = 5.0
 
 
 class WorkerState:
@@ -44,16 +45,19 @@ class WorkerState:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.broker_url, decode_responses=True)
+        self.redis = _client(settings.broker_url)
+        self._register()
         self.runtime: Runtime | None = None
+
+    def _register(self) -> None:
         self._settle = self.redis.register_script(keys.SETTLE)
         self._start = self.redis.register_script(keys.START)
+        self._store_piece = self.redis.register_script(keys.STORE)
 
     def bootstrap(self) -> None:
         # A fork has no threads: each child starts its own run thread and side thread.
-        self.redis = redis.Redis.from_url(self.settings.broker_url, decode_responses=True)
-        self._settle = self.redis.register_script(keys.SETTLE)
-        self._start = self.redis.register_script(keys.START)
+        self.redis = _client(self.settings.broker_url)
+        self._register()
         self.runtime = Runtime.bootstrap(self.settings.model_copy(update={"concurrency": 1}))
 
     def settle(self, job_id: str, status: str, result: Any = None, error: Any = None) -> bool:
@@ -63,6 +67,18 @@ class WorkerState:
         return bool(self._settle(keys=names, args=args))
 
     def run(self, message: dict[str, Any]) -> None:
+        """Never raises: whatever goes wrong ends the job as a problem, not a hang."""
+        try:
+            self._run(message)
+        except _CancelledRun:
+            self.settle(message["job"], "cancelled")
+        except Exception:
+            logger.exception("run %s of job %s failed", message.get("index"), message.get("job"))
+            error = GradiagError("an unexpected error occurred")
+            with contextlib.suppress(redis.RedisError):
+                self.settle(message["job"], "failed", error=error.problem())
+
+    def _run(self, message: dict[str, Any]) -> None:
         job_id, index = message["job"], message["index"]
         names = [keys.job_key(job_id), keys.JOB_STATES, keys.attempts_key(job_id),
                  keys.cancel_key(job_id)]  # fmt: skip
@@ -72,6 +88,10 @@ class WorkerState:
             return  # cancelled, failed by another run, or expired
         if cancelled:
             self.settle(job_id, "cancelled")
+            return
+        if time.time() > message["deadline_at"]:  # it waited in the queue past the deadline
+            late = Timeout(f"the job exceeded its deadline of {self.settings.job_timeout_s:g} s")
+            self.settle(job_id, "failed", error=late.problem())
             return
         if deliveries > MAX_DELIVERIES:
             lost = WorkerLost(f"run {index} lost its worker {deliveries - 1} times")
@@ -123,25 +143,25 @@ class WorkerState:
             if time.time() > message["deadline_at"]:
                 timed_out.set()
                 cancel.set()
-            elif self.redis.exists(flag):
-                cancel.set()
+                return
+            try:
+                if self.redis.exists(flag):
+                    cancel.set()
+            except redis.RedisError:  # the deadline still holds; the flag is read again
+                logger.warning("cancel flag of job %s unreadable", message["job"])
 
     def _store(self, message: dict[str, Any], piece: Any) -> None:
-        job_id, ttl = message["job"], int(self.settings.job_ttl_s)
-        if len(message["labels"]) == 1:  # the job's only run: its piece is the result
-            self.redis.hincrby(keys.job_key(job_id), "done", 1)
-            self.settle(job_id, "succeeded", result=combine(message["kind"], [{}], [piece]))
+        job_id, ttl, labels = message["job"], int(self.settings.job_ttl_s), message["labels"]
+        if len(labels) == 1:  # the job's only run: its piece makes the result
+            self.settle(job_id, "succeeded", result=combine(message["kind"], labels, [piece]))
             return
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.pieces_key(job_id), str(message["index"]), orjson.dumps(piece).decode())
-        pipe.expire(keys.pieces_key(job_id), ttl)
-        pipe.hincrby(keys.job_key(job_id), "done", 1)
-        done = pipe.execute()[2]
-        if done != len(message["labels"]):
+        names = [keys.job_key(job_id), keys.pieces_key(job_id)]
+        args = [str(message["index"]), orjson.dumps(piece).decode(), str(ttl)]
+        if self._store_piece(keys=names, args=args) != len(labels):
             return
         stored = self.redis.hgetall(keys.pieces_key(job_id))
         pieces = [orjson.loads(stored[str(i)]) for i in range(len(message["labels"]))]
-        result = combine(message["kind"], message["labels"], pieces)
+        result = combine(message["kind"], labels, pieces)
         self.settle(job_id, "succeeded", result=result)
         self.redis.delete(keys.pieces_key(job_id))
 
@@ -155,6 +175,12 @@ class WorkerState:
 
 class _CancelledRun(Exception):
     pass
+
+
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=2
+    )
 
 
 class RunTask(Task):  # type: ignore[misc]
@@ -176,10 +202,7 @@ def create_worker_app(settings: Settings) -> Celery:
 
     @app.task(name=RUN_TASK, base=RunTask, bind=True)  # type: ignore[untyped-decorator]
     def run_unit(self: Task, message: dict[str, Any]) -> None:
-        try:
-            state.run(message)
-        except _CancelledRun:
-            state.settle(message["job"], "cancelled")
+        state.run(message)
 
     def on_child_start(**_: Any) -> None:
         state.bootstrap()
@@ -195,7 +218,7 @@ class _Heartbeat:
     """The parent process says it is alive: a key that expires unless refreshed."""
 
     def __init__(self, client: redis.Redis, name: str):
-        self._client, self._key = client, keys.WORKERS + name
+        self._client, self._name = client, name
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -204,12 +227,12 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
-            self._client.delete(self._key)
+            self._client.hdel(keys.WORKERS, self._name)
 
     def _beat(self) -> None:
         while True:
             try:
-                self._client.set(self._key, "1", ex=int(HEARTBEAT_S * 3))
+                self._client.hset(keys.WORKERS, self._name, str(time.time()))
             except redis.RedisError:
                 logger.warning("heartbeat: Redis unreachable")
             if self._stop.wait(HEARTBEAT_S):

@@ -39,6 +39,7 @@ class _Entry:
     idempotency: Idempotency | None = None
     nbytes: int = 0
     finished_at: float = 0.0
+    released: bool = False  # its admission slot is free again
 
 
 class InProcessBackend:
@@ -50,7 +51,8 @@ class InProcessBackend:
         self._runtime: Runtime | None = None
         self._accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._jobs: OrderedDict[str, _Entry] = OrderedDict()
+        self._jobs: dict[str, _Entry] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()  # finished jobs, oldest first
         self._keys: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> job id
         self._in_flight = 0
         self._durations: deque[float] = deque(maxlen=32)
@@ -89,7 +91,7 @@ class InProcessBackend:
         return Load(self._in_flight, capacity, typical, settings.concurrency)
 
     async def describe(self) -> dict[str, Any]:
-        return {"name": "inprocess", "in_flight": self._in_flight}
+        return {"name": "inprocess", "in_flight": self._in_flight, "jobs_kept": len(self._jobs)}
 
     async def metrics(self) -> BackendMetrics:
         runs = {
@@ -123,10 +125,15 @@ class InProcessBackend:
         self._count("queued")
         self._in_flight += 1
         future = runtime.run_threads.submit(self._execute, runtime, spec, entry)
-        future.add_done_callback(lambda _: self._call_soon(self._finished, entry))
+        future.add_done_callback(lambda _: self._call_soon(self._release, entry))
         deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
         future.add_done_callback(lambda _: self._call_soon(deadline.cancel))
         return entry.job, False
+
+    async def forget(self, job_id: str, owner: str) -> None:
+        entry = self._jobs.get(job_id)
+        if entry is not None and entry.owner == owner and entry.job["status"] in TERMINAL:
+            self._drop(job_id, entry)
 
     async def job(self, job_id: str, owner: str) -> Job | None:
         entry = self._jobs.get(job_id)
@@ -145,6 +152,9 @@ class InProcessBackend:
         if entry is None or entry.owner != owner:
             return None
         entry.cancel.set()
+        if entry.job["status"] == "queued":  # it never starts: its slot is free now
+            self._settle(entry, "cancelled", None, None)
+            self._release(entry)
         return entry.job
 
     # On a run thread.
@@ -152,8 +162,7 @@ class InProcessBackend:
     def _execute(self, runtime: Runtime, spec: JobSpec, entry: _Entry) -> None:
         job = entry.job
         started = time.perf_counter()
-        if entry.cancel.is_set():
-            self._call_soon(self._settle, entry, "cancelled", None, None)
+        if entry.cancel.is_set():  # settled on the loop when it was cancelled or timed out
             return
         self._call_soon(self._start, entry)
         try:
@@ -215,6 +224,8 @@ class InProcessBackend:
 
     def _settle(self, entry: _Entry, status: Any, result: Any, error: Any) -> None:
         job = entry.job
+        if job["status"] in TERMINAL:  # a finished job never changes again
+            return
         if job["status"] == "running":
             self._running -= 1
         self._count(status)
@@ -222,30 +233,44 @@ class InProcessBackend:
         job["finished_at"] = now()
         entry.finished_at = time.monotonic()
         entry.finished.set()
+        if job["id"] in self._jobs:
+            self._done[job["id"]] = None
+            self._kept_bytes += entry.nbytes
 
-    def _finished(self, entry: _Entry) -> None:
+    def _release(self, entry: _Entry) -> None:
+        """The job's thread is done with it (or it never got one): its slot is free."""
+        if entry.released:
+            return
+        entry.released = True
         self._in_flight -= 1
         if entry.job["status"] not in TERMINAL:  # the thread ended without settling it
             self._settle(entry, "failed", None, GradiagError("the run ended early").problem())
-        self._kept_bytes += entry.nbytes
         self._expire()
 
     def _time_out(self, entry: _Entry) -> None:
-        if entry.job["status"] not in TERMINAL:
+        if entry.job["status"] == "queued":
+            late = Timeout(f"the job exceeded its deadline of {self._timeout_text}")
+            self._settle(entry, "failed", None, late.problem())
+            entry.cancel.set()
+            self._release(entry)
+        elif entry.job["status"] not in TERMINAL:
             entry.timed_out = True
             entry.cancel.set()
 
     def _expire(self) -> None:
-        """Drop finished jobs past their time to live, then the oldest past the byte budget."""
+        """Drop finished jobs past their time to live, then the oldest past the byte budget:
+        from the front of the finish order, so each call costs what it drops."""
         horizon = time.monotonic() - self._settings.job_ttl_s
-        for job_id, entry in list(self._jobs.items()):
-            if entry.job["status"] not in TERMINAL:
-                continue
-            if entry.finished_at < horizon or self._kept_bytes > self._settings.job_store_bytes:
-                self._drop(job_id, entry)
+        while self._done:
+            oldest = self._jobs[next(iter(self._done))]
+            over = self._kept_bytes > self._settings.job_store_bytes
+            if not over and oldest.finished_at >= horizon:
+                return
+            self._drop(oldest.job["id"], oldest)
 
     def _drop(self, job_id: str, entry: _Entry) -> None:
         del self._jobs[job_id]
-        self._kept_bytes -= entry.nbytes
+        if self._done.pop(job_id, 0) is None:  # it was counted in the kept bytes
+            self._kept_bytes -= entry.nbytes
         if entry.idempotency is not None:
             self._keys.pop((entry.owner, entry.idempotency.key), None)

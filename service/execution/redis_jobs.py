@@ -16,7 +16,8 @@ from service.schemas.jobs import Job
 
 PREFIX = "gradiag:"
 FINISHED_CHANNEL = PREFIX + "finished"
-WORKERS = PREFIX + "workers:"  # + worker name: a heartbeat key with a short lifetime
+WORKERS = PREFIX + "workers"  # hash: worker name -> time of its last heartbeat
+WORKER_FRESH_S = 15.0
 RUN_SECONDS = PREFIX + "metrics:run_seconds"  # hash: "<kind>|<device>|<bucket>" -> count
 JOB_STATES = PREFIX + "metrics:jobs"  # hash: state -> jobs that reached it
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -69,6 +70,19 @@ if status == 'queued' then
   status = 'running'
 end
 return {status or '', deliveries, redis.call('EXISTS', KEYS[4])}
+"""
+
+
+# KEYS: job, pieces; ARGV: run index, piece JSON, ttl. Stores a run's piece once (a run
+# delivered twice counts once); returns the runs stored, 0 for a duplicate, -1 when the job
+# is gone (expired or forgotten).
+STORE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local stored = redis.call('HLEN', KEYS[2])
+redis.call('HSET', KEYS[1], 'done', stored)
+return stored
 """
 
 

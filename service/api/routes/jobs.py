@@ -26,7 +26,7 @@ IdempotencyKey = Annotated[
         "another body, 409",
     ),
 ]
-FOUND_ERRORS = problem_responses(401, 404, 422)
+FOUND_ERRORS = problem_responses(401, 404, 422, 503)
 
 
 @router.post(
