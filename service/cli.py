@@ -15,8 +15,12 @@ def _serve(args: argparse.Namespace) -> None:
     settings = get_settings()
     workers = args.workers or settings.workers
     if workers > 1 and settings.backend == "inprocess":
-        # Each process would keep its own jobs: a GET could reach one that never saw it.
-        sys.exit("gradiag serve: several processes need GRADIAG_BACKEND=celery (shared jobs)")
+        # Synchronous routes are fine; a job is known only to the process that took it.
+        print(
+            "gradiag serve: with several processes, /v1/jobs needs GRADIAG_BACKEND=celery "
+            "(each in-process backend keeps its own jobs)",
+            file=sys.stderr,
+        )
     uvicorn.run(
         "service.main:create_app",
         factory=True,

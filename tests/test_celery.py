@@ -17,7 +17,7 @@ from service.main import create_app
 from service.schemas.requests import LESSON_REQUEST
 from tests.conftest import make_settings
 from tests.processes import RedisServer, Worker
-from tests.test_jobs import COMPARE, SWEEP, wait_for, without_timing
+from tests.test_jobs import COMPARE, SWEEP, assert_idempotent, wait_for, without_timing
 
 pytestmark = pytest.mark.slow
 
@@ -165,15 +165,7 @@ def test_a_compare_of_one_variant(api, client):
 
 
 def test_an_idempotency_key_never_runs_a_job_twice(api):
-    body = {"kind": "diagnostics", "request": LESSON_REQUEST}
-    headers = {"Idempotency-Key": "celery-retry"}
-    first = api.post("/v1/jobs", json=body, headers=headers)
-    again = api.post("/v1/jobs", json=body, headers=headers)
-    assert first.status_code == again.status_code == 202
-    assert first.json()["id"] == again.json()["id"]
-    assert again.headers["idempotent-replayed"] == "true"
-    other = {"kind": "diagnostics", "request": {**LESSON_REQUEST, "seed": 9}}
-    assert api.post("/v1/jobs", json=other, headers=headers).status_code == 409
+    assert_idempotent(api, "celery-retry")
 
 
 def test_a_run_past_its_jobs_deadline_fails_the_job_with_timeout(redis_server, worker, api):

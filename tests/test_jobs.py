@@ -151,18 +151,22 @@ def test_a_job_past_its_own_deadline_fails_with_timeout_and_frees_its_slot(make_
     assert client.post("/v1/diagnostics", json=LESSON_REQUEST).status_code == 200
 
 
-def test_an_idempotency_key_never_runs_a_job_twice(jobs_client):
+def assert_idempotent(client: Any, key: str) -> None:
+    """The same key and body give the same job; the key with another body, 409."""
     body = {"kind": "diagnostics", "request": LESSON_REQUEST}
-    headers = {"Idempotency-Key": "retry-after-a-dropped-connection"}
-    first = jobs_client.post("/v1/jobs", json=body, headers=headers)
-    again = jobs_client.post("/v1/jobs", json=body, headers=headers)
+    headers = {"Idempotency-Key": key}
+    first = client.post("/v1/jobs", json=body, headers=headers)
+    again = client.post("/v1/jobs", json=body, headers=headers)
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
-    other = copy.deepcopy(body)
-    other["request"]["seed"] = 7
-    conflict = jobs_client.post("/v1/jobs", json=other, headers=headers)
+    other = {"kind": "diagnostics", "request": {**LESSON_REQUEST, "seed": 7}}
+    conflict = client.post("/v1/jobs", json=other, headers=headers)
     assert conflict.status_code == 409 and conflict.json()["code"] == "idempotency_conflict"
+
+
+def test_an_idempotency_key_never_runs_a_job_twice(jobs_client):
+    assert_idempotent(jobs_client, "retry-after-a-dropped-connection")
 
 
 def test_api_keys_guard_every_v1_route_and_each_key_sees_its_own_jobs(make_client):
