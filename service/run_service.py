@@ -152,8 +152,8 @@ class RunService:
         spec = self.check_job(job, owner, root)
         await self.backend.ready()
         load = await self.backend.load(spec)
-        if load.pending + len(spec.units) > load.capacity and load.pending > 0:
-            drain_s = load.typical_run_s * load.pending / max(1, load.parallel)
+        if load.pending > 0 and load.pending + load.cost > load.capacity:
+            drain_s = load.typical_s * load.pending / max(1, load.parallel)
             raise Overloaded(
                 f"{load.pending} runs waiting or running, capacity {load.capacity}",
                 headers={"Retry-After": str(max(1, math.ceil(drain_s)))},

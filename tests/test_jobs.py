@@ -232,3 +232,15 @@ def test_a_job_whose_deadline_passes_in_the_queue_fails_with_timeout(make_client
     waited = wait_for(client, second.json()["id"], {"failed", "succeeded", "cancelled"}, 30)
     assert waited["status"] == "failed" and waited["error"]["code"] == "timeout"
     assert wait_for(client, first["id"], {"failed"}, 30)["error"]["code"] == "timeout"
+
+
+def test_a_large_sweep_takes_one_in_process_slot(make_client):
+    client = make_client(concurrency=1, queue_capacity=1, limits={"max_flops": 10**15})
+    running = client.post("/v1/jobs", json={"kind": "diagnostics", "request": SLOW}).json()
+    wait_for(client, running["id"], {"running"})
+    sweep = {"base": LESSON_REQUEST, "axes": [{"path": "seed", "values": list(range(40))}]}
+    queued = client.post("/v1/jobs", json={"kind": "sweep", "request": sweep})
+    assert queued.status_code == 202, queued.text
+    client.delete(f"/v1/jobs/{running['id']}")
+    done = wait_for(client, queued.json()["id"], {"succeeded", "failed"}, 60)
+    assert done["status"] == "succeeded" and done["progress"]["done"] == 40

@@ -18,12 +18,14 @@ class Idempotency:
 
 @dataclass(frozen=True)
 class Load:
-    """What admission looks at: runs waiting or running where this job would go."""
+    """What admission looks at, in the backend's unit (in-process: jobs; celery: runs):
+    what is waiting or running where this job would go, and what this job adds."""
 
     pending: int
     capacity: int
-    typical_run_s: float
-    parallel: int  # runs that execute at once
+    cost: int
+    typical_s: float  # one unit's typical time
+    parallel: int  # units that execute at once
 
 
 RUN_SECONDS_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0, float("inf"))

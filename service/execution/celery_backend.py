@@ -112,7 +112,7 @@ class CeleryBackend:
         queues = {self._queue(unit) for unit in spec.units}
         async with _broker():
             pending = sum([await self._redis.llen(q) for q in sorted(queues)])
-        return Load(pending, self._settings.max_queued_runs, 1.0, 1)
+        return Load(pending, self._settings.max_queued_runs, len(spec.units), 1.0, 1)
 
     def _queue(self, unit: Any) -> str:
         estimate = unit.plan.model.estimate.flops

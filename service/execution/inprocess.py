@@ -88,7 +88,7 @@ class InProcessBackend:
         settings = self._settings
         typical = statistics.median(self._durations) if self._durations else 1.0
         capacity = settings.concurrency + settings.queue_capacity
-        return Load(self._in_flight, capacity, typical, settings.concurrency)
+        return Load(self._in_flight, capacity, 1, typical, settings.concurrency)
 
     async def describe(self) -> dict[str, Any]:
         return {"name": "inprocess", "in_flight": self._in_flight, "jobs_kept": len(self._jobs)}
@@ -190,7 +190,7 @@ class InProcessBackend:
             self._call_soon(self._settle, entry, "failed", None, unexpected.problem())
             return
         finally:
-            self._durations.append((time.perf_counter() - started) / max(1, len(spec.units)))
+            self._durations.append(time.perf_counter() - started)
         entry.nbytes = nbytes
         self._call_soon(self._settle, entry, "succeeded", result, None)
 
@@ -206,6 +206,8 @@ class InProcessBackend:
     # On the event loop.
 
     def _start(self, entry: _Entry) -> None:
+        if entry.job["status"] != "queued":  # cancelled or timed out meanwhile
+            return
         entry.job["status"] = "running"
         entry.job["started_at"] = now()
         self._running += 1
