@@ -29,6 +29,10 @@ from service.schemas.jobs import TERMINAL, Job
 logger = logging.getLogger("gradiag")
 
 
+def _ended() -> dict[str, Any]:
+    return GradiagError("the run ended early").problem()
+
+
 @dataclass
 class _Entry:
     job: Job
@@ -40,6 +44,7 @@ class _Entry:
     nbytes: int = 0
     finished_at: float = 0.0
     released: bool = False  # its admission slot is free again
+    deadline: asyncio.TimerHandle | None = None
 
 
 class InProcessBackend:
@@ -124,10 +129,16 @@ class InProcessBackend:
         self._jobs[spec.id] = entry
         self._count("queued")
         self._in_flight += 1
+        entry.deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
         future = runtime.run_threads.submit(self._execute, runtime, spec, entry)
-        future.add_done_callback(lambda _: self._call_soon(self._release, entry))
-        deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
-        future.add_done_callback(lambda _: self._call_soon(deadline.cancel))
+        # A job dropped at shut-down never runs `_execute`, which otherwise ends with `_finish`.
+        future.add_done_callback(
+            lambda f: (
+                self._call_soon(self._finish, entry, "failed", None, _ended(), [])
+                if f.cancelled()
+                else None
+            )
+        )
         return entry.job, False
 
     async def forget(self, job_id: str, owner: str) -> None:
@@ -144,7 +155,8 @@ class InProcessBackend:
         if entry is None or entry.owner != owner:
             return None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(entry.finished.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await entry.finished.wait()
         return entry.job
 
     async def cancel(self, job_id: str, owner: str) -> Job | None:
@@ -160,39 +172,38 @@ class InProcessBackend:
     # On a run thread.
 
     def _execute(self, runtime: Runtime, spec: JobSpec, entry: _Entry) -> None:
-        job = entry.job
+        """Runs the job and hands the outcome to the loop in one call (`_finish`); the start
+        is one more, so that a GET sees the job running."""
         started = time.perf_counter()
-        if entry.cancel.is_set():  # settled on the loop when it was cancelled or timed out
-            return
-        self._call_soon(self._start, entry)
+        runs: list[tuple[str, float]] = []  # (device, seconds) per run, for the metrics
+        status, result = "failed", None
+        error: dict[str, Any] | None = _ended()
         try:
+            if entry.cancel.is_set():  # settled on the loop when it was cancelled or timed out
+                return
+            self._call_soon(self._start, entry)
             pieces = []
             for unit in spec.units:
                 unit_started = time.perf_counter()
                 pieces.append(execute_unit(unit, entry.cancel, runtime.models))
-                seconds = time.perf_counter() - unit_started
-                self._call_soon(self._progress, entry, len(pieces), unit.plan.device, seconds)
+                runs.append((unit.plan.device, time.perf_counter() - unit_started))
+                entry.job["progress"]["done"] = len(pieces)  # one int: safe from this thread
             result = combine(spec.kind, [u.label for u in spec.units], pieces)
-            nbytes = len(orjson.dumps(result))
+            entry.nbytes = len(orjson.dumps(result))
+            status, error = "succeeded", None
         except Cancelled:
             if entry.timed_out:
-                late = Timeout(f"the job exceeded its deadline of {self._timeout_text}")
-                self._call_soon(self._settle, entry, "failed", None, late.problem())
+                error = Timeout(f"the job exceeded its deadline of {self._timeout_text}").problem()
             else:
-                self._call_soon(self._settle, entry, "cancelled", None, None)
-            return
-        except GradiagError as error:
-            self._call_soon(self._settle, entry, "failed", None, error.problem())
-            return
+                status, error = "cancelled", None
+        except GradiagError as failure:
+            error = failure.problem()
         except Exception:
-            logger.exception("job %s failed", job["id"])
-            unexpected = GradiagError("an unexpected error occurred")
-            self._call_soon(self._settle, entry, "failed", None, unexpected.problem())
-            return
+            logger.exception("job %s failed", entry.job["id"])
+            error = GradiagError("an unexpected error occurred").problem()
         finally:
             self._durations.append(time.perf_counter() - started)
-        entry.nbytes = nbytes
-        self._call_soon(self._settle, entry, "succeeded", result, None)
+            self._call_soon(self._finish, entry, status, result, error, runs)
 
     @property
     def _timeout_text(self) -> str:
@@ -213,13 +224,26 @@ class InProcessBackend:
         self._running += 1
         self._count("running")
 
-    def _progress(self, entry: _Entry, done: int, device: str, seconds: float) -> None:
-        entry.job["progress"]["done"] = done
-        key = (entry.job["kind"], device)
-        bound = next(b for b in RUN_SECONDS_BUCKETS if seconds <= b)
-        counts = self._run_counts.setdefault(key, {})
-        counts[bound] = counts.get(bound, 0) + 1
-        self._run_sums[key] = self._run_sums.get(key, 0.0) + seconds
+    def _finish(
+        self,
+        entry: _Entry,
+        status: Any,
+        result: Any,
+        error: Any,
+        runs: list[tuple[str, float]],
+    ) -> None:
+        """The job's thread is done with it: its outcome, its slot, its deadline, its runs'
+        times."""
+        self._settle(entry, status, result, error)
+        self._release(entry)
+        if entry.deadline is not None:
+            entry.deadline.cancel()
+        for device, seconds in runs:
+            key = (entry.job["kind"], device)
+            bound = next(b for b in RUN_SECONDS_BUCKETS if seconds <= b)
+            counts = self._run_counts.setdefault(key, {})
+            counts[bound] = counts.get(bound, 0) + 1
+            self._run_sums[key] = self._run_sums.get(key, 0.0) + seconds
 
     def _count(self, state: str) -> None:
         self._states[state] = self._states.get(state, 0) + 1
@@ -245,8 +269,6 @@ class InProcessBackend:
             return
         entry.released = True
         self._in_flight -= 1
-        if entry.job["status"] not in TERMINAL:  # the thread ended without settling it
-            self._settle(entry, "failed", None, GradiagError("the run ended early").problem())
         self._expire()
 
     def _time_out(self, entry: _Entry) -> None:
