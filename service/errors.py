@@ -54,13 +54,31 @@ class GradiagError(Exception):
             "detail": self.detail,
             "code": self.code,
             "errors": [e.as_dict() for e in self.errors],
-            **self.extra,
+            **_json_safe(self.extra),
         }
 
     @classmethod
     def at(cls, loc: Loc, msg: str, **kwargs: Any) -> Self:
         """An error about one field: `detail` and the single field error say the same thing."""
         return cls(msg, errors=[FieldError(loc, msg, cls.code)], **kwargs)
+
+
+_INT64 = 2**63
+
+
+def _json_safe(value: Any) -> Any:
+    """Integers past 64 bits (a budget estimate can be any size) as JSON numbers orjson can
+    write: floats, or strings past a float's range."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        try:
+            return float(value)
+        except OverflowError:
+            return str(value)
+    return value
 
 
 class InvalidRequest(GradiagError):

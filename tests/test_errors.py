@@ -383,3 +383,15 @@ def test_service_is_fine_after_every_bad_request(client):
 def test_int_beyond_int64_in_class_ids(client):
     body = with_(model_layer_sizes=[3, 2], loss="cross_entropy", target=[2**70])
     assert_problem(client.post(URL, json=body), 422, "invalid_tensor", ["body", "target", 0])
+
+
+def test_estimates_past_64_bits_are_refused_as_422_not_500(client):
+    """Budget estimates are exact Python integers; problems must still serialise them."""
+    gpt = {"model": {"kind": "gpt", "preset": "gpt2-small", "emb_dim": 2147483647, "n_heads": 1},
+           "input": [[1, 2, 3]], "target": [[1, 2, 3]], "loss": "cross_entropy"}  # fmt: skip
+    problem = assert_problem(client.post(URL, json=gpt), 422, "budget_exceeded")
+    assert problem["estimate"]["parameters"] > 2**64
+    axes = [{"path": f"model.x{i}", "values": list(range(256))} for i in range(8)]
+    sweep = {"base": LESSON_REQUEST, "axes": axes}
+    problem = assert_problem(client.post("/v1/sweeps", json=sweep), 422, "budget_exceeded")
+    assert problem["estimate"]["runs"] == float(256**8)
