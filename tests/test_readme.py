@@ -1,4 +1,5 @@
-"""The README's lesson example is the lesson, and its settings table is complete."""
+"""The README's lesson example is the lesson, its settings table is complete, and every JSON
+example (README and docs/architectures.md) is a valid request."""
 
 import json
 import re
@@ -8,7 +9,9 @@ from service.config import Limits, Settings
 from service.schemas.requests import LESSON_REQUEST
 from tests.conftest import close
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+EXAMPLES = (ROOT / "docs" / "architectures.md").read_text()
 
 
 def test_curl_example_posts_the_lesson_request(client):
@@ -34,7 +37,7 @@ def test_every_setting_is_documented():
 
 
 def test_every_json_example_is_a_valid_request(client):
-    blocks = re.findall(r"```json\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```json\n(.*?)```", README + EXAMPLES, re.S)
     assert len(blocks) >= 4
     for block in blocks:
         body = json.loads(block)
