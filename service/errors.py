@@ -120,6 +120,11 @@ class Overloaded(GradiagError):
 class Timeout(GradiagError):
     code, status, title = "timeout", 504, "Deadline exceeded"
 
+    @classmethod
+    def job_deadline(cls, seconds: float) -> "Timeout":
+        """A job that ran or waited past GRADIAG_JOB_TIMEOUT_S."""
+        return cls(f"the job exceeded its deadline of {seconds:g} s")
+
 
 class NotReady(GradiagError):
     code, status, title = "not_ready", 503, "Service not ready"

@@ -78,16 +78,15 @@ def load_statistics(enabled: bool) -> Statistics:
     return Statistics(kernel, state)
 
 
-def configure_torch(settings: Settings, run_threads: int) -> int:
+def configure_torch(settings: Settings, run_threads: int) -> None:
     """Deterministic algorithms as configured, and the intra-op threads of each run thread
-    (0: the cores divided among the run threads). Returns the intra-op thread count."""
+    (0: the cores divided among the run threads)."""
     if settings.deterministic:
         # cuBLAS needs a fixed workspace for deterministic results; harmless on the CPU.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(settings.deterministic)
     threads = settings.torch_threads or max(1, len(os.sched_getaffinity(0)) // run_threads)
     torch.set_num_threads(threads)
-    return threads
 
 
 @dataclass
@@ -98,13 +97,12 @@ class Runtime:
     side_thread: ThreadPoolExecutor  # FIFO: hashing and serial kernel calls only (see above)
     statistics: Statistics
     models: ModelCache
-    torch_threads: int
 
     @classmethod
     def bootstrap(cls, settings: Settings) -> "Runtime":
         """Blocking (the kernel check): call it off the event loop."""
         limit_malloc_arenas(settings.malloc_arenas)  # before the threads below exist
-        torch_threads = configure_torch(settings, settings.concurrency)
+        configure_torch(settings, settings.concurrency)
         statistics = load_statistics(settings.native_statistics)
         side = ThreadPoolExecutor(1, thread_name_prefix="gradiag-side")
         runtime = cls(
@@ -112,7 +110,6 @@ class Runtime:
             side_thread=side,
             statistics=statistics,
             models=ModelCache(settings.model_cache_bytes, statistics, side),
-            torch_threads=torch_threads,
         )
         if settings.gc_freeze:  # what start-up made lives as long as the process
             freeze_startup_objects()

@@ -42,6 +42,11 @@ class BackendMetrics:
     run_seconds: dict[tuple[str, str], tuple[list[tuple[str, float]], float]]
 
 
+def bucket(seconds: float) -> float:
+    """The upper bound of RUN_SECONDS_BUCKETS that `seconds` falls under."""
+    return next(b for b in RUN_SECONDS_BUCKETS if seconds <= b)
+
+
 def cumulative(counts: dict[float, int]) -> list[tuple[str, float]]:
     """Prometheus buckets from counts per bucket of RUN_SECONDS_BUCKETS."""
     total, out = 0, []

@@ -208,7 +208,7 @@ class CeleryBackend:
             return None
         overdue = time.time() > meta["deadline_at"] + HARD_LIMIT_GRACE_S
         if job["status"] not in TERMINAL and overdue:  # no worker took it, or none is left
-            late = Timeout(f"the job exceeded its deadline of {self._settings.job_timeout_s:g} s")
+            late = Timeout.job_deadline(self._settings.job_timeout_s)
             ttl = self._settings.job_ttl_s
             names, args = keys.settle_args(job_id, "failed", now(), None, late.problem(), ttl)
             async with _broker():

@@ -26,7 +26,7 @@ from service.config import Settings
 from service.diagnostics.run import CANCEL_POINTS_MIN_FLOPS
 from service.errors import Cancelled, GradiagError, Timeout, WorkerLost
 from service.execution import redis_jobs as keys
-from service.execution.backend import RUN_SECONDS_BUCKETS
+from service.execution.backend import bucket
 from service.execution.celery_app import RUN_TASK, make_celery
 from service.execution.jobs import RunUnit, combine, execute_unit, now
 from service.runtime import Runtime
@@ -90,7 +90,7 @@ class WorkerState:
             self.settle(job_id, "cancelled")
             return
         if time.time() > message["deadline_at"]:  # it waited in the queue past the deadline
-            late = Timeout(f"the job exceeded its deadline of {self.settings.job_timeout_s:g} s")
+            late = Timeout.job_deadline(self.settings.job_timeout_s)
             self.settle(job_id, "failed", error=late.problem())
             return
         if deliveries > MAX_DELIVERIES:
@@ -122,9 +122,7 @@ class WorkerState:
             piece = runtime.run_threads.submit(execute_unit, unit, cancel, runtime.models).result()
         except Cancelled:
             if timed_out.is_set():
-                raise Timeout(
-                    f"the job exceeded its deadline of {self.settings.job_timeout_s:g} s"
-                ) from None
+                raise Timeout.job_deadline(self.settings.job_timeout_s) from None
             raise _CancelledRun from None
         finally:
             cancel.set()  # ends the watcher
@@ -166,9 +164,9 @@ class WorkerState:
         self.redis.delete(keys.pieces_key(job_id))
 
     def _observe(self, kind: str, device: str, seconds: float) -> None:
-        bucket = next(b for b in RUN_SECONDS_BUCKETS if seconds <= b)
+        bound = bucket(seconds)
         pipe = self.redis.pipeline()
-        pipe.hincrby(keys.RUN_SECONDS, f"{kind}|{device}|{bucket}", 1)
+        pipe.hincrby(keys.RUN_SECONDS, f"{kind}|{device}|{bound}", 1)
         pipe.hincrbyfloat(keys.RUN_SECONDS, f"{kind}|{device}|sum", seconds)
         pipe.execute()
 

@@ -16,10 +16,10 @@ import orjson
 from service.config import Settings
 from service.errors import Cancelled, GradiagError, IdempotencyConflict, NotReady, Timeout
 from service.execution.backend import (
-    RUN_SECONDS_BUCKETS,
     BackendMetrics,
     Idempotency,
     Load,
+    bucket,
     cumulative,
 )
 from service.execution.jobs import JobSpec, combine, execute_unit, new_job, now
@@ -70,10 +70,6 @@ class InProcessBackend:
     @property
     def runtime(self) -> Runtime | None:
         return self._runtime
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -193,7 +189,7 @@ class InProcessBackend:
             status, error = "succeeded", None
         except Cancelled:
             if entry.timed_out:
-                error = Timeout(f"the job exceeded its deadline of {self._timeout_text}").problem()
+                error = Timeout.job_deadline(self._settings.job_timeout_s).problem()
             else:
                 status, error = "cancelled", None
         except GradiagError as failure:
@@ -204,10 +200,6 @@ class InProcessBackend:
         finally:
             self._durations.append(time.perf_counter() - started)
             self._call_soon(self._finish, entry, status, result, error, runs)
-
-    @property
-    def _timeout_text(self) -> str:
-        return f"{self._settings.job_timeout_s:g} s"
 
     def _call_soon(self, callback: Any, *args: Any) -> None:
         assert self._loop is not None
@@ -240,7 +232,7 @@ class InProcessBackend:
             entry.deadline.cancel()
         for device, seconds in runs:
             key = (entry.job["kind"], device)
-            bound = next(b for b in RUN_SECONDS_BUCKETS if seconds <= b)
+            bound = bucket(seconds)
             counts = self._run_counts.setdefault(key, {})
             counts[bound] = counts.get(bound, 0) + 1
             self._run_sums[key] = self._run_sums.get(key, 0.0) + seconds
@@ -273,7 +265,7 @@ class InProcessBackend:
 
     def _time_out(self, entry: _Entry) -> None:
         if entry.job["status"] == "queued":
-            late = Timeout(f"the job exceeded its deadline of {self._timeout_text}")
+            late = Timeout.job_deadline(self._settings.job_timeout_s)
             self._settle(entry, "failed", None, late.problem())
             entry.cancel.set()
             self._release(entry)
