@@ -7,16 +7,26 @@ from service.schemas.reports import CompareReport, DiagnosticsReport, Ratios, St
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge recursively, `null` deletes, anything else replaces."""
+    """RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
+
+    Iterative, so that a patch nested deeper than Python's recursion limit is merged (and
+    then refused by validation) rather than crashing the check."""
     if not isinstance(patch, dict):
         return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
+    root = dict(target) if isinstance(target, dict) else {}
+    pending = [(root, patch)]
+    while pending:
+        result, changes = pending.pop()
+        for key, value in changes.items():
+            if value is None:
+                result.pop(key, None)
+            elif isinstance(value, dict):
+                child = result.get(key)
+                result[key] = dict(child) if isinstance(child, dict) else {}
+                pending.append((result[key], value))
+            else:
+                result[key] = value
+    return root
 
 
 def _mean_abs(stats: Stats | None) -> float | None:
