@@ -4,6 +4,7 @@ it as a job, and waits for it where the client waits."""
 
 import asyncio
 import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,7 @@ from service.config import Settings
 from service.diagnostics.compare import merge_patch
 from service.diagnostics.plan import RunPlan, plan_run
 from service.diagnostics.sweep import expand, path_keys
+from service.diagnostics.tensors import LiteralChecks
 from service.errors import (
     BudgetExceeded,
     FieldError,
@@ -65,7 +67,9 @@ class RunService:
         self.devices = devices
         self.backend = backend
 
-    def check(self, request: DiagnosticsRequest, loc: Loc = BODY) -> RunPlan:
+    def check(
+        self, request: DiagnosticsRequest, loc: Loc = BODY, literals: LiteralChecks | None = None
+    ) -> RunPlan:
         return plan_run(
             request,
             default_device=self.devices.default,
@@ -73,16 +77,19 @@ class RunService:
             default_dtype=self.settings.default_dtype,
             limits=self.settings.limits,
             loc=loc,
+            literals=literals,
         )
 
-    def _check_document(self, document: dict[str, Any], loc: Loc, origin: str) -> RunPlan:
+    def _check_document(
+        self, document: dict[str, Any], loc: Loc, origin: str, literals: LiteralChecks
+    ) -> RunPlan:
         """Validate a derived request (a merged variant, a sweep point) and check it."""
         try:
             request = DiagnosticsRequest.model_validate(document)
         except ValidationError as exc:
             errors = pydantic_field_errors(exc.errors(), document, loc, TAG_VALUES)
             raise InvalidRequest(f"{origin}: {errors[0].msg}", errors=errors) from None
-        return self.check(request, loc)
+        return self.check(request, loc, literals)
 
     def _check_total(self, plans: Iterable[RunPlan], what: str) -> None:
         """Runs of one request count against the FLOP budget together."""
@@ -98,11 +105,13 @@ class RunService:
         limit = self.settings.limits.max_variants
         if len(request.variants) > limit:
             raise InvalidRequest.at((*root, "variants"), f"at most {limit} variants")
+        literals = LiteralChecks()
         plans = {
             name: self._check_document(
                 merge_patch(request.base, patch),
                 (*root, "variants", name),
                 f"base merged with variant '{name}'",
+                literals,
             )
             for name, patch in request.variants.items()
         }
@@ -118,12 +127,14 @@ class RunService:
                 errors=[],
                 extra={"estimate": {"runs": count}, "limit": {"runs": limit}},
             )
-        runs = []
+        runs, literals = [], LiteralChecks()
         for choice, document in expand(request.base, request.axes):
             axes = {a.path: a.values[i] for a, i in zip(request.axes, choice, strict=True)}
             try:
-                where = f"sweep point {axes}"
-                runs.append((axes, self._check_document(document, (*root, "base"), where)))
+                plan = self._check_document(
+                    document, (*root, "base"), f"sweep point {axes}", literals
+                )
+                runs.append((axes, plan))
             except GradiagError as error:
                 raise _at_axis_values(error, request, choice, root) from None
         self._check_total((plan for _, plan in runs), "sweep runs")
@@ -147,9 +158,15 @@ class RunService:
         owner: str,
         idempotency: Idempotency | None = None,
         root: Loc = BODY,
+        large: bool = False,
     ) -> tuple[Job, bool]:
-        """Check, admit and start a job; (the job, whether the key replayed an existing one)."""
-        spec = self.check_job(job, owner, root)
+        """Check, admit and start a job; (the job, whether the key replayed an existing one).
+        A `large` job (a big body, or several runs) is checked on a thread: pure Python over
+        many numbers, during which the event loop keeps answering."""
+        if large or not isinstance(job.request, DiagnosticsRequest):
+            spec = await asyncio.to_thread(self.check_job, job, owner, root)
+        else:
+            spec = self.check_job(job, owner, root)
         await self.backend.ready()
         load = await self.backend.load(spec)
         if load.pending > 0 and load.pending + load.cost > load.capacity:
@@ -172,14 +189,18 @@ class RunService:
             raise JobNotFound(f"no job {job_id}")
         return job
 
-    async def run(self, job: JobRequest, owner: str) -> Result:
+    async def run(
+        self, job: JobRequest, owner: str, arrived: float | None = None, large: bool = False
+    ) -> Result:
         """A synchronous request: the job's result, or the problem it failed with; past the
-        request's deadline a 504 that names the job, which goes on. A client that leaves
-        cancels its job."""
-        submitted, _ = await self.submit(job, owner)
+        request's deadline (counted from `arrived`, a `time.monotonic()`, where given) a 504
+        that names the job, which goes on. A client that leaves cancels its job."""
+        deadline = (arrived or time.monotonic()) + self.settings.request_timeout_s
+        submitted, _ = await self.submit(job, owner, large=large)
         job_id = submitted["id"]
         try:
-            finished = await self.backend.wait(job_id, owner, self.settings.request_timeout_s)
+            remaining = max(0.0, deadline - time.monotonic())
+            finished = await self.backend.wait(job_id, owner, remaining)
         except asyncio.CancelledError:
             await self.backend.cancel(job_id, owner)
             raise

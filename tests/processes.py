@@ -100,3 +100,56 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+
+
+class Serve:
+    """`gradiag serve` in a subprocess on 127.0.0.1 and a free port, with GRADIAG_* settings."""
+
+    def __init__(self, **settings: object) -> None:
+        self.port = free_port()
+        env = {**os.environ, "GRADIAG_PORT": str(self.port), "GRADIAG_DEVICE": "cpu"}
+        env.update({f"GRADIAG_{k.upper()}": str(v) for k, v in settings.items()})
+        command = [sys.executable, "-m", "service.cli", "serve", "--log-level=warning"]
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+
+    def __enter__(self) -> "Serve":
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                assert self.process.poll() is None, "gradiag serve exited"
+                assert time.monotonic() < deadline, "gradiag serve did not start"
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def rss_bytes(self) -> int:
+        pages = int(Path(f"/proc/{self.process.pid}/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request on a new connection: (status, headers, body)."""
+        import http.client
+
+        headers = dict(headers or {})
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            if body is not None:
+                headers.setdefault("content-type", "application/json")
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()

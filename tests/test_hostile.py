@@ -3,8 +3,15 @@ Every case asserts the status and the problem's code; the live-server cases also
 that `/healthz` answers meanwhile and that the process's memory returns within a bound."""
 
 import json
+import random
+import socket
+import threading
+import time
+
+import pytest
 
 from service.schemas.requests import LESSON_REQUEST
+from tests.processes import Serve
 from tests.test_errors import assert_problem
 
 COMPARE = "/v1/diagnostics/compare"
@@ -18,8 +25,91 @@ def _nested_object(depth: int, leaf: str) -> str:
 def test_merge_patch_nested_past_the_recursion_limit_is_422(client):
     # Depth 1,000 hit Python's recursion limit in merge_patch and answered 500.
     for where in ("model", "seed", "unknown"):
-        patch = _nested_object(1000, "1")
-        body = f'{{"base": {json.dumps(LESSON_REQUEST)}, "variants": {{"a": {{"{where}": {patch}}}}}}}'
+        variants = f'{{"a": {{"{where}": {_nested_object(1000, "1")}}}}}'
+        body = f'{{"base": {json.dumps(LESSON_REQUEST)}, "variants": {variants}}}'
         response = client.post(COMPARE, content=body, headers={"content-type": "application/json"})
         assert_problem(response, 422, "invalid_request")
     assert client.get("/healthz").status_code == 200
+
+
+class HealthWatch:
+    """Polls `/healthz` on a thread while something else runs; the slowest answer it saw."""
+
+    def __init__(self, server: Serve) -> None:
+        self.server, self.worst, self.count = server, 0.0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set() and self.count < 10_000:
+            started = time.monotonic()
+            status, _, _ = self.server.request("GET", "/healthz", timeout=30)
+            assert status == 200
+            self.worst = max(self.worst, time.monotonic() - started)
+            self.count += 1
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "HealthWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _big_base(rows: int = 1000, cols: int = 1000) -> dict:
+    """A request whose literal input holds rows x cols numbers (about 6.7 MiB at 1000 x 1000)."""
+    rng = random.Random(0)
+    return {
+        "model": {"kind": "mlp", "layer_sizes": [cols, 4, 1]},
+        "input": [[round(rng.random(), 4) for _ in range(cols)] for _ in range(rows)],
+        "target": [[0.0]] * rows,
+        "loss": "mse",
+        "seed": 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def server():
+    with Serve(request_timeout_s=60) as live:
+        yield live
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sweep", "compare"])
+def test_a_big_shared_base_is_checked_once_and_never_stalls_the_loop(server, kind):
+    # Before: a 256-seed sweep of a 1M-number base stalled /healthz 6.6 s and answered 504
+    # after 67 s; 16 compare variants stalled it 9.1 s. The base is now parsed and checked
+    # off the loop, once, and converted to a tensor once.
+    base = _big_base()
+    if kind == "sweep":
+        seeds = {"path": "seed", "values": list(range(256))}
+        path, body = "/v1/sweeps", {"base": base, "axes": [seeds]}
+    else:
+        path, body = COMPARE, {"base": base, "variants": {f"v{i}": {"seed": i} for i in range(16)}}
+    with HealthWatch(server) as health:
+        status, _, answer = server.request("POST", path, json.dumps(body).encode())
+    assert status == 200, answer[:300]
+    runs = json.loads(answer)["runs"]
+    assert len(runs) == (256 if kind == "sweep" else 16)
+    assert health.count > 0
+    assert health.worst < 1.0, f"/healthz took {health.worst:.2f} s while the request ran"
+
+
+def test_the_deadline_counts_from_arrival_not_from_the_end_of_the_body():
+    # Before: the deadline started once the body was read and checked, so a body sent
+    # slowly (or checked slowly) got its full deadline on top.
+    with Serve(request_timeout_s=1) as live:
+        body = json.dumps(LESSON_REQUEST).encode()
+        with socket.create_connection(("127.0.0.1", live.port), timeout=30) as sock:
+            head = (
+                f"POST /v1/diagnostics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body[:10])
+            time.sleep(1.5)
+            sock.sendall(body[10:])
+            answer = sock.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 504"), answer[:200]
+        assert '"code":"timeout"' in answer

@@ -58,7 +58,9 @@ async def answer(
     request: Request, runs: RunService, job: JobRequest, owner: str, prefer: str | None
 ) -> Response:
     """The synchronous routes: the result when it is ready, or the job at once if asked."""
+    large = getattr(request.state, "large", False)
     if respond_async(prefer):
-        submitted, _ = await runs.submit(job, owner)
+        submitted, _ = await runs.submit(job, owner, large=large)
         return job_response(submitted, 202, {"Preference-Applied": "respond-async"})
-    return json_response(await until_disconnected(request, runs.run(job, owner)))
+    arrived = getattr(request.state, "arrived", None)
+    return json_response(await until_disconnected(request, runs.run(job, owner, arrived, large)))

@@ -6,13 +6,13 @@ queued, so that an impossible or too expensive request is refused within millise
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
-from service.diagnostics.tensors import check_literal, probe_shape
+from service.diagnostics.tensors import LiteralChecks, probe_shape
 from service.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -38,6 +38,7 @@ class RunPlan:
     device: str
     dtype: str
     loc: Loc
+    literals: LiteralChecks = field(default_factory=LiteralChecks, compare=False)
 
 
 def _target(request: DiagnosticsRequest, output: Shape, loc: Loc) -> tuple[Shape | None, bool]:
@@ -103,8 +104,11 @@ def plan_run(
     default_dtype: str,
     limits: Limits,
     loc: Loc = ("body",),
+    literals: LiteralChecks | None = None,
 ) -> RunPlan:
-    """Everything that can be refused before allocation is refused here."""
+    """Everything that can be refused before allocation is refused here. Runs of one
+    request share `literals`, so that their common tensors are checked once."""
+    literals = literals if literals is not None else LiteralChecks()
     # A request's `auto` (or none) is the server's device, whatever the machine has.
     named = request.device if request.device not in (None, "auto") else default_device
     device = canonical_device(named)
@@ -125,11 +129,11 @@ def plan_run(
     check_budget(model.estimate, elements, limits)
     dtype = request.dtype or default_dtype
     integers = model.input_kind == "int"
-    check_literal(request.input, input_shape, integers, dtype, (*loc, "input"), "token id")
+    literals.check(request.input, input_shape, integers, dtype, (*loc, "input"), "token id")
     if target_shape is not None:
         output = list(model.output_shape)
         note = f"for class probabilities, give a target of the output's shape {output}"
-        check_literal(
+        literals.check(
             request.target, target_shape, target_integers, dtype, (*loc, "target"), "class id", note
         )
     return RunPlan(
@@ -142,4 +146,5 @@ def plan_run(
         device=device,
         dtype=dtype,
         loc=loc,
+        literals=literals,
     )

@@ -25,7 +25,7 @@ from service.diagnostics.report import (
     weighted_mean,
 )
 from service.diagnostics.stats import Statistics
-from service.diagnostics.tensors import DTYPES, tensor_from_payload
+from service.diagnostics.tensors import DTYPES
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
 from service.schemas.reports import DiagnosticsReport, LayerReport, Stats, Timing
@@ -100,7 +100,7 @@ def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Te
     request, dtype = plan.request, DTYPES[plan.dtype]
     input_loc, target_loc = (*plan.loc, "input"), (*plan.loc, "target")
     integers = plan.model.input_kind == "int"
-    inputs = tensor_from_payload(
+    inputs = plan.literals.tensor(
         request.input, plan.input_shape, integers, dtype, input_loc, ids="token id"
     )
     if plan.model.input_classes is not None:
@@ -108,7 +108,7 @@ def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Te
     target = None
     if plan.target_shape is not None:
         output = list(plan.model.output_shape)
-        target = tensor_from_payload(
+        target = plan.literals.tensor(
             request.target,
             plan.target_shape,
             plan.target_integers,

@@ -1,6 +1,7 @@
 """Tensor payloads to tensors: shape probing (cheap), strict checking, then the tensor."""
 
 import math
+import threading
 from typing import Any
 
 import torch
@@ -109,6 +110,54 @@ def check_literal(
         raise _overflow(DTYPES[dtype], loc)
 
 
+class LiteralChecks:
+    """Nested-list payloads checked (and converted) within one request, by identity: a
+    compare's variants and a sweep's points share the base's input and target, which are
+    checked and converted once."""
+
+    def __init__(self) -> None:
+        self._checked: dict[tuple[int, Shape, bool, str], list[Any]] = {}
+        self._tensors: dict[tuple[int, bool, torch.dtype], tuple[list[Any], torch.Tensor]] = {}
+        self._lock = threading.Lock()  # a job's runs may convert on several threads
+
+    def check(
+        self,
+        payload: Any,
+        shape: Shape,
+        integers: bool,
+        dtype: str,
+        loc: Loc,
+        ids: str = "id",
+        note: str = "",
+    ) -> None:
+        if not isinstance(payload, list):
+            return
+        key = (id(payload), shape, integers, dtype)
+        if key not in self._checked:
+            check_literal(payload, shape, integers, dtype, loc, ids, note)
+            self._checked[key] = payload  # held, so that its id is not reused meanwhile
+
+    def tensor(
+        self,
+        payload: Any,
+        shape: Shape,
+        integers: bool,
+        dtype: torch.dtype,
+        loc: Loc,
+        ids: str = "id",
+        note: str = "",
+    ) -> torch.Tensor:
+        """`tensor_from_payload`, once per nested list (runs only read their inputs)."""
+        if not isinstance(payload, list):
+            return tensor_from_payload(payload, shape, integers, dtype, loc, ids, note)
+        key = (id(payload), integers, dtype)
+        with self._lock:
+            if key not in self._tensors:
+                tensor = tensor_from_payload(payload, shape, integers, dtype, loc, ids, note)
+                self._tensors[key] = (payload, tensor)
+            return self._tensors[key][1]
+
+
 def tensor_from_payload(
     payload: Any,
     shape: Shape,
@@ -126,7 +175,7 @@ def tensor_from_payload(
     """
     if isinstance(payload, list):
         try:
-            return torch.tensor(payload, dtype=torch.int64 if integers else dtype)
+            return _from_list(payload, torch.int64 if integers else dtype)
         except (OverflowError, RuntimeError) as exc:
             raise InvalidTensor.at(loc, f"a value is out of range: {exc}") from None
     tensor = _generate(payload)
@@ -137,10 +186,35 @@ def tensor_from_payload(
                 loc, f"integer {ids}s expected: use distribution 'randint'{suffix}"
             )
         return tensor
+    if not torch.isfinite(tensor).all():  # a huge std or mean overflows the draw itself
+        raise InvalidTensor.at(
+            loc, "values overflow float32, the dtype generators draw in (as torch.randn does)"
+        )
     tensor = tensor.to(dtype)
-    if not torch.isfinite(tensor).all():  # a huge std or mean can overflow
+    if not torch.isfinite(tensor).all():
         raise _overflow(dtype, loc)
     return tensor
+
+
+# A nested list longer than this is converted in blocks of rows: one `torch.tensor` call
+# over a million numbers holds the GIL (and so the event loop) for tens of milliseconds.
+_BLOCK_ELEMENTS = 1 << 15
+
+
+def _from_list(payload: list[Any], dtype: torch.dtype) -> torch.Tensor:
+    """`torch.tensor(payload, dtype=dtype)`, element for element, in blocks of rows."""
+    row = payload[0]
+    row_elements = 1
+    while isinstance(row, list):
+        row_elements *= len(row)
+        row = row[0]
+    rows = max(1, _BLOCK_ELEMENTS // row_elements)
+    if len(payload) <= rows:
+        return torch.tensor(payload, dtype=dtype)
+    blocks = [
+        torch.tensor(payload[i : i + rows], dtype=dtype) for i in range(0, len(payload), rows)
+    ]
+    return torch.cat(blocks)
 
 
 def _overflow(dtype: torch.dtype, loc: Loc) -> InvalidTensor:

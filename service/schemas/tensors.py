@@ -7,7 +7,7 @@ documents the accepted shape for clients and generators of test data.
 
 from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import Discriminator, Field, Tag, WithJsonSchema, model_validator
+from pydantic import Discriminator, Field, SkipValidation, Tag, WithJsonSchema, model_validator
 
 from service.schemas.common import FiniteFloat, Seed, Size, StrictModel, example
 
@@ -21,8 +21,10 @@ def _nested_numbers_schema(depth: int) -> dict[str, Any]:
     return {"type": "array", "minItems": 1, "items": inner}
 
 
+# Not copied by validation (the domain checks it): a compare's variants and a sweep's points
+# then share the base's list, and `LiteralChecks` checks it once.
 NestedNumbers = Annotated[
-    list[Any],
+    SkipValidation[list[Any]],
     WithJsonSchema(
         {
             **_nested_numbers_schema(MAX_DIMS),

@@ -1,10 +1,11 @@
 """Jobs: any run in the background, its progress, its result, its cancellation."""
 
+import asyncio
 import hashlib
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from pydantic import Field
 from starlette.responses import Response
 
@@ -39,6 +40,7 @@ FOUND_ERRORS = problem_responses(401, 404, 422, 503)
 )
 async def submit_job(
     body: JobRequest,
+    request: Request,
     runs: RunServiceDep,
     owner: OwnerDep,
     idempotency_key: IdempotencyKey = None,
@@ -46,12 +48,19 @@ async def submit_job(
     """Check the request as its synchronous route does (a bad one is refused the same way),
     start it and answer 202 at once with the job and its address in `Location`. Compare
     variants and sweep points run side by side where workers are."""
+    large = getattr(request.state, "large", False)
     idempotency = None
     if idempotency_key is not None:
-        canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-        idempotency = Idempotency(idempotency_key, hashlib.sha256(canonical).hexdigest())
-    job, replayed = await runs.submit(body, owner, idempotency, ("body", "request"))
+        digest = await asyncio.to_thread(_body_sha256, body) if large else _body_sha256(body)
+        idempotency = Idempotency(idempotency_key, digest)
+    job, replayed = await runs.submit(body, owner, idempotency, ("body", "request"), large)
     return job_response(job, 202, {"Idempotent-Replayed": "true"} if replayed else None)
+
+
+def _body_sha256(body: JobRequest) -> str:
+    """The same request, however its keys were ordered, has the same digest."""
+    canonical = orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 @router.get(
