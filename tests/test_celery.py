@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -192,6 +193,34 @@ def test_a_job_nobody_consumes_stays_queued_and_the_route_answers_504(redis_serv
         depth = redis_server.client().llen("cuda:7.small")
         assert depth >= 1
         assert client.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_a_shared_literal_base_is_sent_once_not_in_every_runs_message(redis_server, worker, client):
+    # Before, each run's message carried the whole request: a 256-point sweep of a 6.7 MiB
+    # base published 256 copies, dumped on the event loop. Now the base's tensors go to
+    # the job's `:tensors` hash once and each message refers to them.
+    rows = [[(i * 31 + j) % 17 / 17 for j in range(100)] for i in range(200)]
+    base = {"model": {"kind": "mlp", "layer_sizes": [100, 8, 1]}, "input": rows,
+            "target": [[0.5]] * 200, "loss": "mse"}  # fmt: skip
+    sweep = {"base": base, "axes": [{"path": "seed", "values": [1, 2, 3]}]}
+    queue = redis_server.client()
+    with celery_client(redis_server, allowed_devices=["cpu", "cuda:7"]) as parked:
+        # Parked on a queue nobody serves, to read the messages as they were sent.
+        job = submit(parked, "sweep", {**sweep, "base": {**base, "device": "cuda:7"}})
+        messages = queue.lrange("cuda:7.small", 0, -1)
+        assert len(messages) == 3
+        assert all(len(m) < 4096 for m in messages), [len(m) for m in messages]
+        stored = queue.hgetall(f"gradiag:job:{job['id']}:tensors")
+        assert sorted(orjson.loads(v) for v in stored.values()) == sorted([rows, [[0.5]] * 200])
+        parked.delete(f"/v1/jobs/{job['id']}")
+    with celery_client(redis_server) as api_client:
+        done = wait_for(
+            api_client, submit(api_client, "sweep", sweep)["id"], {"succeeded", "failed"}
+        )
+    assert done["status"] == "succeeded", done["error"]
+    assert without_timing(done["result"]) == without_timing(
+        client.post("/v1/sweeps", json=sweep).json()
+    )
 
 
 def test_api_keys_on_the_celery_backend(redis_server, worker):

@@ -23,7 +23,7 @@ from service.errors import IdempotencyConflict, NotReady, Timeout
 from service.execution import redis_jobs as keys
 from service.execution.backend import BackendMetrics, Idempotency, Load, cumulative
 from service.execution.celery_app import RUN_TASK, make_celery
-from service.execution.jobs import JobSpec, new_job, now
+from service.execution.jobs import JobSpec, new_job, now, shared_tensors
 from service.schemas.jobs import TERMINAL, Job
 
 logger = logging.getLogger("gradiag")
@@ -134,30 +134,30 @@ class CeleryBackend:
                 "labels": labels,
                 "deadline_at": deadline_at,
             }
+            shared: dict[int, str] = {}
+            tensors: dict[str, bytes] = {}
+            if len(spec.units) > 1:  # on a thread: dumping big tensors is pure Python
+                shared, tensors = await asyncio.to_thread(shared_tensors, spec.units)
             pipe = self._redis.pipeline()
             fields: Any = keys.new_job_fields(job, meta)
             pipe.hset(keys.job_key(spec.id), mapping=fields)
             pipe.expire(keys.job_key(spec.id), ttl)
+            if tensors:
+                pipe.hset(keys.tensors_key(spec.id), mapping=tensors)  # type: ignore[arg-type]
+                pipe.expire(keys.tensors_key(spec.id), ttl)
             pipe.hincrby(keys.JOB_STATES, "queued", 1)
             await pipe.execute()
-            messages = [
-                (
-                    {
-                        **unit.message(),
-                        "job": spec.id,
-                        "kind": spec.kind,
-                        "labels": labels,
-                        "deadline_at": deadline_at,
-                    },
-                    self._queue(unit),
-                )
-                for unit in spec.units
-            ]
+            common = {
+                "job": spec.id,
+                "kind": spec.kind,
+                "labels": labels,
+                "deadline_at": deadline_at,
+            }
             try:
-                await asyncio.to_thread(self._publish, spec.id, messages)
+                await asyncio.to_thread(self._publish, spec, shared, common)
             except Exception:
                 # Not published (or not all of it): the job ends, and its key is free again.
-                await self._redis.delete(keys.job_key(spec.id))
+                await self._redis.delete(keys.job_key(spec.id), keys.tensors_key(spec.id))
                 if idempotency is not None:
                     claim = keys.idempotency_key(spec.owner, idempotency.key)
                     await self._redis.delete(claim)
@@ -182,17 +182,18 @@ class CeleryBackend:
             return await self._claim(spec, idempotency, ttl)
         return job
 
-    def _publish(self, job_id: str, messages: list[tuple[dict[str, Any], str]]) -> None:
+    def _publish(self, spec: JobSpec, shared: dict[int, str], common: dict[str, Any]) -> None:
         """Blocking: kombu's producer. One task per run, so N workers run a sweep N-wide."""
         limit = int(self._settings.job_timeout_s) + HARD_LIMIT_GRACE_S
         # A pooled producer: a connection (and its declared queues) per publish cost 10 ms.
         with self._celery.producer_pool.acquire(block=True, timeout=REDIS_TIMEOUT_S) as producer:
-            for message, queue in messages:
+            for unit in spec.units:
+                message, queue = {**unit.message(shared), **common}, self._queue(unit)
                 self._celery.send_task(
                     RUN_TASK,
                     args=[message],
                     queue=queue,
-                    task_id=f"{job_id}-{message['index']}",
+                    task_id=f"{spec.id}-{message['index']}",
                     time_limit=limit,
                     producer=producer,
                     retry=False,

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,6 +25,7 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.config import Settings
 from service.diagnostics.run import CANCEL_POINTS_MIN_FLOPS
+from service.diagnostics.tensors import LiteralChecks
 from service.errors import Cancelled, GradiagError, Timeout, WorkerLost
 from service.execution import redis_jobs as keys
 from service.execution.backend import bucket
@@ -48,6 +50,7 @@ class WorkerState:
         self.redis = _client(settings.broker_url)
         self._register()
         self.runtime: Runtime | None = None
+        self._job_tensors: tuple[str, dict[str, Any], LiteralChecks] | None = None
 
     def _register(self) -> None:
         self._settle = self.redis.register_script(keys.SETTLE)
@@ -108,7 +111,8 @@ class WorkerState:
     def _execute(self, message: dict[str, Any]) -> Any:
         runtime = self.runtime
         assert runtime is not None, "the child was not bootstrapped"
-        unit = RunUnit.from_message(message, self.settings.limits)
+        shared, literals = self._shared(message["job"])
+        unit = RunUnit.from_message(message, self.settings.limits, shared, literals)
         cancel, timed_out = threading.Event(), threading.Event()
         watcher = threading.Thread(
             target=self._watch, args=(message, cancel, timed_out), daemon=True
@@ -130,6 +134,23 @@ class WorkerState:
                 watcher.join()
         self._observe(message["kind"], unit.plan.device, time.perf_counter() - started)
         return piece
+
+    def _shared(self, job_id: str) -> tuple[Callable[[str], Any], LiteralChecks]:
+        """The tensors this job's runs share, read once per child (its runs are often
+        consecutive), and the checks of them, kept for the job's next run here."""
+        if self._job_tensors is None or self._job_tensors[0] != job_id:
+            self._job_tensors = (job_id, {}, LiteralChecks())
+        _, tensors, literals = self._job_tensors
+
+        def tensor(key: str) -> Any:
+            if key not in tensors:
+                raw = self.redis.hget(keys.tensors_key(job_id), key)
+                if raw is None:
+                    raise GradiagError(f"job {job_id}: its shared tensors expired")
+                tensors[key] = orjson.loads(raw)
+            return tensors[key]
+
+        return tensor, literals
 
     def _watch(
         self, message: dict[str, Any], cancel: threading.Event, timed_out: threading.Event

@@ -5,8 +5,12 @@ results combine into the report the synchronous route answers."""
 import datetime
 import threading
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from service.config import Limits
 from service.diagnostics.compare import compare
@@ -14,6 +18,7 @@ from service.diagnostics.model_cache import ModelCache
 from service.diagnostics.plan import RunPlan, plan_run
 from service.diagnostics.run import run
 from service.diagnostics.sweep import summarise_run, sweep_report
+from service.diagnostics.tensors import LiteralChecks
 from service.schemas.jobs import Job, JobKind
 from service.schemas.reports import CompareReport, DiagnosticsReport
 from service.schemas.requests import DiagnosticsRequest
@@ -21,6 +26,9 @@ from service.schemas.sweeps import SweepReport, SweepRun
 
 Piece = DiagnosticsReport | SweepRun  # what one run contributes to its job's result
 Result = DiagnosticsReport | CompareReport | SweepReport
+
+SHARED = "$shared"  # in a message, `{"$shared": key}` stands for a tensor its job's runs share
+TENSOR_FIELDS = ("input", "target")
 
 
 @dataclass(frozen=True)
@@ -31,28 +39,65 @@ class RunUnit:
     label: dict[str, Any]
     plan: RunPlan
 
-    def message(self) -> dict[str, Any]:
-        """The run as plain JSON: the request, and the device and dtype it was planned for."""
+    def message(self, shared: dict[int, str] | None = None) -> dict[str, Any]:
+        """The run as plain JSON: the request, and the device and dtype it was planned for.
+        A nested-list tensor in `shared` (by identity) is sent as a reference to its key."""
+        request = self.plan.request
+        refs = {
+            name: shared[id(payload)]
+            for name in TENSOR_FIELDS
+            if shared and id(payload := getattr(request, name)) in shared
+        }
+        document = request.model_dump(mode="json", exclude=set(refs))
+        document.update({name: {SHARED: key} for name, key in refs.items()})
         return {
             "index": self.index,
             "label": self.label,
-            "request": self.plan.request.model_dump(mode="json"),
+            "request": document,
             "device": self.plan.device,
             "dtype": self.plan.dtype,
         }
 
     @classmethod
-    def from_message(cls, message: dict[str, Any], limits: Limits) -> "RunUnit":
-        """Plan a run again where it executes (pure and cheap; the same checks as the API's)."""
-        request = DiagnosticsRequest.model_validate(message["request"])
+    def from_message(
+        cls,
+        message: dict[str, Any],
+        limits: Limits,
+        shared: Callable[[str], Any] = lambda key: None,
+        literals: LiteralChecks | None = None,
+    ) -> "RunUnit":
+        """Plan a run again where it executes (pure and cheap; the same checks as the API's).
+        `shared` gives the tensor a reference stands for; runs of one job given the same
+        `literals` check and convert a shared tensor once."""
+        document = dict(message["request"])
+        for name in TENSOR_FIELDS:
+            value = document.get(name)
+            if isinstance(value, dict) and SHARED in value:
+                document[name] = shared(value[SHARED])
+        request = DiagnosticsRequest.model_validate(document)
         plan = plan_run(
             request,
             default_device=message["device"],
             allowed_devices={message["device"]},
             default_dtype=message["dtype"],
             limits=limits,
+            literals=literals,
         )
         return cls(message["index"], message["label"], plan)
+
+
+def shared_tensors(units: list[RunUnit]) -> tuple[dict[int, str], dict[str, bytes]]:
+    """The nested-list tensors that several runs share (by identity): a key for each, and
+    each as JSON, to be sent once rather than in every run's message."""
+    payloads = {
+        id(p): p
+        for unit in units
+        for name in TENSOR_FIELDS
+        if isinstance(p := getattr(unit.plan.request, name), list)
+    }
+    uses = Counter(id(getattr(unit.plan.request, name)) for unit in units for name in TENSOR_FIELDS)
+    keys = {ident: str(n) for n, ident in enumerate(i for i in payloads if uses[i] > 1)}
+    return keys, {key: orjson.dumps(payloads[ident]) for ident, key in keys.items()}
 
 
 @dataclass(frozen=True)

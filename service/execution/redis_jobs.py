@@ -2,8 +2,9 @@
 
 A job is a hash `gradiag:job:<id>` (status, timestamps, progress, result or error as JSON,
 and `meta`: kind, owner, labels, deadline), the pieces its runs produced in
-`gradiag:job:<id>:pieces`, deliveries per run in `:attempts`, and a cancellation flag in
-`:cancel`. Every key expires `job_ttl_s` after it was last written. State changes go
+`gradiag:job:<id>:pieces`, deliveries per run in `:attempts`, a cancellation flag in
+`:cancel`, and the nested-list tensors its runs share in `:tensors` (sent once, not once per
+run). Every key expires `job_ttl_s` after it was last written. State changes go
 through Lua scripts, so that a finished job never changes again; each one that finishes a
 job publishes its id on `gradiag:finished`.
 """
@@ -37,6 +38,10 @@ def attempts_key(job_id: str) -> str:
 
 def cancel_key(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}:cancel"
+
+
+def tensors_key(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:tensors"
 
 
 def idempotency_key(owner: str, key: str) -> str:
