@@ -12,6 +12,7 @@ import service
 from service.api import docs, metrics, problems
 from service.api.deps import AppState
 from service.api.metrics import RequestCounter
+from service.api.request_context import RequestContextMiddleware
 from service.api.routes import diagnostics, jobs, meta, sweeps
 from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
@@ -112,6 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter, registry=registry)
+    # Added last: outside every other middleware but Starlette's ServerErrorMiddleware,
+    # which it leaves nothing to do.
+    app.add_middleware(RequestContextMiddleware, access_log=settings.log_format == "json")
 
     default_openapi = app.openapi
 
