@@ -231,3 +231,29 @@ def test_gradiag_serve_writes_json_lines(tmp_path):
     assert not [line for line in lines if line["logger"] == "uvicorn.access"]
     assert any(line["logger"] == "uvicorn.error" for line in lines)
 
+
+def test_a_celery_run_logs_under_the_request_that_submitted_it(caplog):
+    """The id travels in the run's message: the worker's lines name it (here a run that
+    fails because Redis is unreachable)."""
+    from service.execution.celery_worker import WorkerState
+
+    state = WorkerState(make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+    caplog.handler.addFilter(logs.RequestIdFilter())
+    state.run({"job": "0" * 32, "index": 0, "request_id": "w-1"})
+    failed = [r for r in caplog.records if r.exc_info]
+    assert [r.request_id for r in failed] == ["w-1"]
+    assert logs.request_id() is None  # only while the run ran
+
+
+def test_an_in_process_run_logs_under_the_request_that_submitted_it(
+    make_client, caplog, monkeypatch
+):
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in a run")
+
+    monkeypatch.setattr("service.execution.inprocess.execute_unit", broken)
+    caplog.handler.addFilter(logs.RequestIdFilter())
+    response = make_client().post(URL, json=LESSON_REQUEST, headers={"X-Request-ID": "r-1"})
+    assert response.status_code == 500 and response.json()["request_id"] == "r-1"
+    failed = [r for r in caplog.records if r.exc_info]
+    assert [(r.getMessage()[:4], r.request_id) for r in failed] == [("job ", "r-1")]
