@@ -108,8 +108,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["content-type", "authorization", "prefer", "idempotency-key"],
-            expose_headers=["location", "retry-after", "preference-applied"],
+            allow_headers=[
+                "content-type",
+                "authorization",
+                "prefer",
+                "idempotency-key",
+                "x-request-id",
+            ],
+            expose_headers=["location", "retry-after", "preference-applied", "x-request-id"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter, registry=registry)

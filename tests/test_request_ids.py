@@ -257,3 +257,17 @@ def test_an_in_process_run_logs_under_the_request_that_submitted_it(
     assert response.status_code == 500 and response.json()["request_id"] == "r-1"
     failed = [r for r in caplog.records if r.exc_info]
     assert [(r.getMessage()[:4], r.request_id) for r in failed] == [("job ", "r-1")]
+
+
+def test_browsers_may_send_and_read_the_id(make_client):
+    client = make_client(cors_origins=["https://app.example"])
+    origin = {"Origin": "https://app.example"}
+    asks = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "x-request-id",
+    }
+    preflight = client.options("/healthz", headers={**origin, **asks})
+    assert preflight.status_code == 200
+    response = client.get("/healthz", headers={**origin, "X-Request-ID": "b-1"})
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+    assert response.headers["x-request-id"] == "b-1"
