@@ -3,11 +3,14 @@ backend; `gradiag openapi` prints the OpenAPI schema."""
 
 import argparse
 import json
+import logging.config
 import os
 import sys
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
+from service import logs
 from service.config import get_settings
 
 
@@ -28,6 +31,9 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port if args.port is not None else settings.port,
         workers=workers,
         log_level=args.log_level,
+        # Applied in every worker process; with JSON logs the service logs each request.
+        log_config=logs.dict_config(LOGGING_CONFIG, settings.log_format, args.log_level),
+        access_log=settings.log_format != "json",
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
 
@@ -43,6 +49,8 @@ def _worker(args: argparse.Namespace) -> None:
     queues = args.queues or f"{device}.small,{device}.large"
     # A GPU worker runs one child per GPU: two CUDA contexts would share one device.
     concurrency = args.concurrency or (1 if device != "cpu" else settings.concurrency)
+    base = {"version": 1, "disable_existing_loggers": False}
+    logging.config.dictConfig(logs.dict_config(base, settings.log_format, args.log_level))
     app = create_worker_app(settings.model_copy(update={"device": device}))
     app.worker_main(
         [

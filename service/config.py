@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.logs import LogFormat
+
 DevicePattern = Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")]
 
 
@@ -115,6 +117,11 @@ class Settings(BaseSettings):
         1 << 30, ge=0, description="initial models kept for repeated requests (LRU); 0: none"
     )
     cors_origins: list[str] = Field(default_factory=list)
+    log_format: LogFormat = Field(
+        "text",
+        description="`json`: log lines as JSON objects, and one access line per request "
+        "(route, status, duration, model kind, device, request id) instead of uvicorn's",
+    )
     limits: Limits = Field(default_factory=Limits)
 
 

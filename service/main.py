@@ -12,6 +12,7 @@ import service
 from service.api import docs, metrics, problems
 from service.api.deps import AppState
 from service.api.metrics import RequestCounter
+from service.api.request_context import RequestContextMiddleware
 from service.api.routes import diagnostics, jobs, meta, sweeps
 from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
@@ -107,11 +108,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["content-type", "authorization", "prefer", "idempotency-key"],
-            expose_headers=["location", "retry-after", "preference-applied"],
+            allow_headers=[
+                "content-type",
+                "authorization",
+                "prefer",
+                "idempotency-key",
+                "x-request-id",
+            ],
+            expose_headers=["location", "retry-after", "preference-applied", "x-request-id"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestCounter, registry=registry)
+    # Added last: outside every other middleware but Starlette's ServerErrorMiddleware,
+    # which it leaves nothing to do.
+    app.add_middleware(RequestContextMiddleware, access_log=settings.log_format == "json")
 
     default_openapi = app.openapi
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service import logs
 from service.architectures.registry import TAG_VALUES
 from service.config import Settings
 from service.diagnostics.compare import merge_patch
@@ -57,6 +58,11 @@ def _at_axis_values(
         errors.append(FieldError(loc, field.msg, field.type))
     error.errors = errors
     return error
+
+
+def _joined(values: Iterable[str]) -> str:
+    """The distinct values of a job's runs, for its access log line: `mlp`, `mlp,cnn`."""
+    return ",".join(sorted(set(values)))
 
 
 class RunService:
@@ -167,6 +173,10 @@ class RunService:
             spec = await asyncio.to_thread(self.check_job, job, owner, root)
         else:
             spec = self.check_job(job, owner, root)
+        logs.annotate(
+            model_kind=_joined(unit.plan.request.model.kind for unit in spec.units),
+            device=_joined(unit.plan.device for unit in spec.units),
+        )
         await self.backend.ready()
         load = await self.backend.load(spec)
         if load.pending > 0 and load.pending + load.cost > load.capacity:

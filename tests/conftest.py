@@ -43,9 +43,10 @@ def close(a: float | None, b: float, rel: float = 1e-5, abs_: float = 1e-12) -> 
 
 
 class LiveServer:
-    """The real app under uvicorn in a thread, on 127.0.0.1 and a free port."""
+    """The real app under uvicorn in a thread, on 127.0.0.1 and a free port: `app`, or one
+    built with the settings `overrides`."""
 
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, app: Any = None, **overrides: Any) -> None:
         import socket
         import threading
 
@@ -56,7 +57,7 @@ class LiveServer:
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(make_settings(**overrides)),
+            app or create_app(make_settings(**overrides)),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -84,8 +85,8 @@ class LiveServer:
 def live_server() -> Iterator[Any]:
     servers: list[LiveServer] = []
 
-    def start(**overrides: Any) -> LiveServer:
-        server = LiveServer(**overrides).__enter__()
+    def start(app: Any = None, **overrides: Any) -> LiveServer:
+        server = LiveServer(app, **overrides).__enter__()
         servers.append(server)
         return server
 

@@ -1,20 +1,18 @@
 """RFC 9457 problem details: one renderer for every error the service answers."""
 
-import logging
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from service import logs
 from service.architectures.registry import TAG_VALUES
 from service.errors import GradiagError, pydantic_field_errors
-
-logger = logging.getLogger("gradiag")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -48,6 +46,9 @@ class Problem(BaseModel):
     detail: str
     code: str
     errors: list[ProblemFieldError]
+    request_id: str | None = Field(
+        None, description="the request's `X-Request-ID`, as echoed: quote it in reports"
+    )
 
 
 def problem(
@@ -68,7 +69,7 @@ def problem(
         "errors": errors or [],
         **(extra or {}),
     }
-    return Response(orjson.dumps(body), status, headers, media_type=PROBLEM_MEDIA_TYPE)
+    return problem_response(body, headers)
 
 
 def render(error: GradiagError) -> Response:
@@ -76,8 +77,12 @@ def render(error: GradiagError) -> Response:
 
 
 def problem_response(document: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    """A problem document as sent: its status, the problem+json media type."""
+    """A problem document as sent: its status, the problem+json media type, and the id of
+    the request it answers (every problem body goes through here)."""
     status = int(document["status"])
+    request_id = logs.request_id()
+    if request_id is not None:
+        document = {**document, "request_id": request_id}
     return Response(orjson.dumps(document), status, headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -126,17 +131,17 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+def internal_error() -> Response:
+    """The answer to an unexpected exception: nothing of it is told (see request_context)."""
     return problem(500, "internal", "Internal error", "an unexpected error occurred")
 
 
 def install(app: FastAPI) -> None:
-    """Route every error through `problem()`."""
+    """Route every error through `problem()`; any other exception is answered by
+    `request_context.RequestContextMiddleware`."""
     app.add_exception_handler(GradiagError, _gradiag_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from service import logs
 from service.config import Settings
 from service.errors import IdempotencyConflict, NotReady, Timeout
 from service.execution import redis_jobs as keys
@@ -152,6 +153,7 @@ class CeleryBackend:
                 "kind": spec.kind,
                 "labels": labels,
                 "deadline_at": deadline_at,
+                "request_id": logs.request_id(),  # for the worker's log lines
             }
             try:
                 await asyncio.to_thread(self._publish, spec, shared, common)

@@ -23,6 +23,7 @@ from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
+from service import logs
 from service.config import Settings
 from service.diagnostics.run import CANCEL_POINTS_MIN_FLOPS
 from service.diagnostics.tensors import LiteralChecks
@@ -70,16 +71,19 @@ class WorkerState:
         return bool(self._settle(keys=names, args=args))
 
     def run(self, message: dict[str, Any]) -> None:
-        """Never raises: whatever goes wrong ends the job as a problem, not a hang."""
-        try:
-            self._run(message)
-        except _CancelledRun:
-            self.settle(message["job"], "cancelled")
-        except Exception:
-            logger.exception("run %s of job %s failed", message.get("index"), message.get("job"))
-            error = GradiagError("an unexpected error occurred")
-            with contextlib.suppress(redis.RedisError):
-                self.settle(message["job"], "failed", error=error.problem())
+        """Never raises: whatever goes wrong ends the job as a problem, not a hang. Its log
+        lines name the request that submitted the job."""
+        with logs.bound(message.get("request_id")):
+            try:
+                self._run(message)
+            except _CancelledRun:
+                self.settle(message["job"], "cancelled")
+            except Exception:
+                index, job = message.get("index"), message.get("job")
+                logger.exception("run %s of job %s failed", index, job)
+                error = GradiagError("an unexpected error occurred")
+                with contextlib.suppress(redis.RedisError):
+                    self.settle(message["job"], "failed", error=error.problem())
 
     def _run(self, message: dict[str, Any]) -> None:
         job_id, index = message["job"], message["index"]

@@ -3,6 +3,7 @@ kept in memory, bounded in bytes and in time."""
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import statistics
 import threading
@@ -126,7 +127,9 @@ class InProcessBackend:
         self._count("queued")
         self._in_flight += 1
         entry.deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
-        future = runtime.run_threads.submit(self._execute, runtime, spec, entry)
+        # The run thread logs under the request that submitted the job (service.logs).
+        context = contextvars.copy_context()
+        future = runtime.run_threads.submit(context.run, self._execute, runtime, spec, entry)
         # A job dropped at shut-down never runs `_execute`, which otherwise ends with `_finish`.
         future.add_done_callback(
             lambda f: (
