@@ -47,7 +47,7 @@ class GradiagError(Exception):
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document, plain JSON: what a response or a failed job holds."""
-        return {
+        document = {
             "type": f"urn:gradiag:problem:{self.code}",
             "title": self.title,
             "status": self.status,
@@ -56,6 +56,7 @@ class GradiagError(Exception):
             "errors": [e.as_dict() for e in self.errors],
             **_json_safe(self.extra),
         }
+        return bounded(document)
 
     @classmethod
     def at(cls, loc: Loc, msg: str, **kwargs: Any) -> Self:
@@ -64,6 +65,32 @@ class GradiagError(Exception):
 
 
 _INT64 = 2**63
+
+# A problem echoes at most this much of what the client sent (a key, a value in a message).
+MAX_DETAIL_CHARS, MAX_MSG_CHARS, MAX_KEY_CHARS, MAX_ERRORS = 1000, 300, 64, 50
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def bounded(document: dict[str, Any]) -> dict[str, Any]:
+    """A problem document whose text fields are short prefixes of anything long: an unknown
+    key of five million characters must not come back twice in a 10 MB answer."""
+    errors = document.get("errors") or []
+    kept = [
+        {
+            **error,
+            "loc": [
+                _short(p, MAX_KEY_CHARS) if isinstance(p, str) else p for p in error.get("loc", [])
+            ],
+            "msg": _short(str(error.get("msg", "")), MAX_MSG_CHARS),
+        }
+        for error in errors[:MAX_ERRORS]
+    ]
+    extra = {"errors_omitted": len(errors) - MAX_ERRORS} if len(errors) > MAX_ERRORS else {}
+    detail = _short(str(document.get("detail", "")), MAX_DETAIL_CHARS)
+    return {**document, "detail": detail, "errors": kept, **extra}
 
 
 def _json_safe(value: Any) -> Any:

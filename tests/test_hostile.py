@@ -2,6 +2,7 @@
 Every case asserts the status and the problem's code; the live-server cases also assert
 that `/healthz` answers meanwhile and that the process's memory returns within a bound."""
 
+import gzip
 import json
 import random
 import socket
@@ -14,6 +15,7 @@ from service.schemas.requests import LESSON_REQUEST
 from tests.processes import Serve
 from tests.test_errors import assert_problem
 
+URL = "/v1/diagnostics"
 COMPARE = "/v1/diagnostics/compare"
 
 
@@ -113,3 +115,42 @@ def test_the_deadline_counts_from_arrival_not_from_the_end_of_the_body():
             answer = sock.recv(65536).decode()
         assert answer.startswith("HTTP/1.1 504"), answer[:200]
         assert '"code":"timeout"' in answer
+
+
+def test_errors_echo_only_a_short_prefix_of_what_was_sent(client):
+    # Before: a 5-million-character unknown key came back twice in a 10 MB 422.
+    key = "k" * 5_000_000
+    body = json.dumps({**LESSON_REQUEST, key: 1})
+    response = client.post(URL, content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(response, 422, "invalid_request")
+    assert len(response.content) < 4096
+    assert problem["errors"][0]["loc"][-1].startswith("kkk")
+    # Thousands of bad fields: the first 50 are listed, the rest counted.
+    layers = [{"type": "nope"}] * 4000
+    body = json.dumps({**LESSON_REQUEST, "model": {"kind": "sequential", "layers": layers}})
+    response = client.post(URL, content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(response, 422, "invalid_request")
+    assert len(problem["errors"]) == 50 and problem["errors_omitted"] > 0
+    assert len(response.content) < 64 * 1024
+
+
+def _gzip_post(client, body: bytes, encoding: str = "gzip"):
+    headers = {"content-type": "application/json", "content-encoding": encoding}
+    return client.post(URL, content=body, headers=headers)
+
+
+def test_gzip_bodies_are_decompressed_within_the_limit(make_client):
+    # Before: `Content-Encoding: gzip` got 400 "not valid UTF-8", and a plain body labelled
+    # gzip was accepted.
+    api = make_client(max_body_bytes=1 << 20)
+    plain = json.dumps(LESSON_REQUEST).encode()
+    answered = _gzip_post(api, gzip.compress(plain))
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["loss"] == api.post(URL, json=LESSON_REQUEST).json()["loss"]
+    assert_problem(_gzip_post(api, plain), 400, "invalid_request")  # labelled, not gzip
+    assert_problem(_gzip_post(api, gzip.compress(plain)[:-12]), 400, "invalid_request")
+    bomb = gzip.compress(b" " * (64 << 20))  # 64 MiB of spaces in about 64 KiB
+    assert len(bomb) < 1 << 20
+    assert_problem(_gzip_post(api, bomb), 413, "body_too_large")
+    assert_problem(_gzip_post(api, plain, "br"), 415, "unsupported_media_type")
+    assert api.get("/healthz").status_code == 200

@@ -12,7 +12,7 @@ from starlette.routing import Match
 
 from service import logs
 from service.architectures.registry import TAG_VALUES
-from service.errors import GradiagError, pydantic_field_errors
+from service.errors import GradiagError, bounded, pydantic_field_errors
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
@@ -80,6 +80,7 @@ def problem_response(document: dict[str, Any], headers: dict[str, str] | None = 
     """A problem document as sent: its status, the problem+json media type, and the id of
     the request it answers (every problem body goes through here)."""
     status = int(document["status"])
+    document = bounded(document)
     request_id = logs.request_id()
     if request_id is not None:
         document = {**document, "request_id": request_id}
