@@ -67,7 +67,7 @@ class GradiagError(Exception):
 _INT64 = 2**63
 
 # A problem echoes at most this much of what the client sent (a key, a value in a message).
-MAX_DETAIL_CHARS, MAX_MSG_CHARS, MAX_KEY_CHARS, MAX_ERRORS = 1000, 300, 64, 50
+MAX_DETAIL_CHARS, MAX_MSG_CHARS, MAX_KEY_CHARS, MAX_ERRORS = 2000, 2000, 64, 50
 
 
 def _short(text: str, limit: int) -> str:
