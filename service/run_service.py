@@ -15,7 +15,7 @@ from service.architectures.registry import TAG_VALUES
 from service.config import Settings
 from service.diagnostics.compare import merge_patch
 from service.diagnostics.plan import RunPlan, plan_run
-from service.diagnostics.sweep import expand, path_keys
+from service.diagnostics.sweep import expand, path_keys, run_labels
 from service.diagnostics.tensors import LiteralChecks
 from service.errors import (
     BudgetExceeded,
@@ -133,18 +133,22 @@ class RunService:
                 errors=[],
                 extra={"estimate": {"runs": count}, "limit": {"runs": limit}},
             )
-        runs, literals = [], LiteralChecks()
-        for choice, document in expand(request.base, request.axes):
-            axes = {a.path: a.values[i] for a, i in zip(request.axes, choice, strict=True)}
+        plans, literals = [], LiteralChecks()
+        points = expand(request.base, request.axes)
+        for choice, document in points:
+            where = ", ".join(f"{a.path}[{i}]" for a, i in zip(request.axes, choice, strict=True))
             try:
-                plan = self._check_document(
-                    document, (*root, "base"), f"sweep point {axes}", literals
+                plans.append(
+                    self._check_document(
+                        document, (*root, "base"), f"sweep point {where}", literals
+                    )
                 )
-                runs.append((axes, plan))
             except GradiagError as error:
                 raise _at_axis_values(error, request, choice, root) from None
-        self._check_total((plan for _, plan in runs), "sweep runs")
-        return [RunUnit(i, {"axes": axes}, plan) for i, (axes, plan) in enumerate(runs)]
+        self._check_total(plans, "sweep runs")
+        labels = run_labels(request.axes, [choice for choice, _ in points])
+        pairs = enumerate(zip(labels, plans, strict=True))
+        return [RunUnit(i, label, plan) for i, (label, plan) in pairs]
 
     def check_job(self, job: JobRequest, owner: str, root: Loc = BODY) -> JobSpec:
         """The job's runs, each checked; a bad request is refused as its route refuses it,

@@ -154,3 +154,26 @@ def test_gzip_bodies_are_decompressed_within_the_limit(make_client):
     assert_problem(_gzip_post(api, bomb), 413, "body_too_large")
     assert_problem(_gzip_post(api, plain, "br"), 415, "unsupported_media_type")
     assert api.get("/healthz").status_code == 200
+
+
+def test_sweep_reports_name_big_axis_values_by_index(client):
+    # Before: each run repeated its axis values, so a 0.7 MiB request gave a 9.7 MiB answer.
+    inputs = [[[float((i + j + k) % 7) for k in range(64)] for j in range(64)] for i in range(4)]
+    base = {**LESSON_REQUEST, "model": {"kind": "mlp", "layer_sizes": [64, 8, 1]}}
+    base["target"] = [[0.0]] * 64
+    axes = [{"path": "input", "values": inputs}, {"path": "seed", "values": list(range(8))}]
+    body = json.dumps({"base": base, "axes": axes})
+    response = client.post("/v1/sweeps", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.content) < len(body)
+    report = response.json()
+    assert [run["point"] for run in report["runs"]][:3] == [
+        {"input": 0, "seed": 0},
+        {"input": 0, "seed": 1},
+        {"input": 0, "seed": 2},
+    ]
+    assert report["runs"][9]["axes"] == {"seed": 1}  # the big value only by its index
+    group = report["across_seeds"][2]
+    assert (
+        group["point"] == {"input": 2} and group["axes"] == {} and group["seeds"] == list(range(8))
+    )

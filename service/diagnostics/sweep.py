@@ -6,11 +6,14 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import orjson
+
 from service.errors import InvalidRequest, Loc
 from service.schemas.reports import DiagnosticsReport, Stats
 from service.schemas.sweeps import MeanStd, SeedGroup, SweepReport, SweepRun
 
 SEED_AXIS = "seed"
+SMALL_VALUE_BYTES = 256  # axis values up to this much JSON are repeated in each run
 
 
 def path_keys(path: str) -> tuple[str | int, ...]:
@@ -61,9 +64,23 @@ def _stat(stats: Stats | None, key: Literal["mean_abs", "l2_norm"]) -> float | N
     return stats[key] if stats is not None else None
 
 
-def summarise_run(axes: dict[str, Any], report: DiagnosticsReport) -> SweepRun:
+def run_labels(axes: Sequence[Any], choices: Sequence[tuple[int, ...]]) -> list[dict[str, Any]]:
+    """Each run's `point` (path -> index of its value) and `axes` (path -> value, for axes
+    whose values are all small): a big value is named by its index, not repeated per run."""
+    shown = [all(len(orjson.dumps(v)) <= SMALL_VALUE_BYTES for v in a.values) for a in axes]
+    return [
+        {
+            "point": {a.path: i for a, i in zip(axes, choice, strict=True)},
+            "axes": {a.path: a.values[i] for a, i, s in zip(axes, choice, shown, strict=True) if s},
+        }
+        for choice in choices
+    ]
+
+
+def summarise_run(label: dict[str, Any], report: DiagnosticsReport) -> SweepRun:
     return {
-        "axes": axes,
+        "point": label["point"],
+        "axes": label["axes"],
         "loss": report["loss"],
         "verdict": report["diagnosis"]["verdict"],
         "first_to_last_ratio": report["diagnosis"]["first_to_last_ratio"],
@@ -98,12 +115,12 @@ def _mean_std(values: Sequence[float | None]) -> MeanStd:
 
 def across_seeds(runs: Sequence[SweepRun]) -> list[SeedGroup]:
     """Group runs by every axis but `seed`; per layer name, mean and std across seeds."""
-    groups: dict[str, tuple[dict[str, Any], list[SweepRun]]] = {}
+    groups: dict[tuple[tuple[str, int], ...], list[SweepRun]] = {}
     for run in runs:
-        axes = {k: v for k, v in run["axes"].items() if k != SEED_AXIS}
-        groups.setdefault(repr(sorted(axes.items())), (axes, []))[1].append(run)
+        others = tuple((k, i) for k, i in run["point"].items() if k != SEED_AXIS)
+        groups.setdefault(others, []).append(run)
     summaries: list[SeedGroup] = []
-    for axes, members in groups.values():
+    for others, members in groups.items():
         by_name = [{layer["name"]: layer for layer in m["layers"]} for m in members]
         per_name = {
             layer["name"]: [layers.get(layer["name"]) for layers in by_name]
@@ -111,7 +128,8 @@ def across_seeds(runs: Sequence[SweepRun]) -> list[SeedGroup]:
         }
         summaries.append(
             {
-                "axes": axes,
+                "point": dict(others),
+                "axes": {k: v for k, v in members[0]["axes"].items() if k != SEED_AXIS},
                 "seeds": [m["axes"][SEED_AXIS] for m in members],
                 "first_to_last_ratio": _mean_std([m["first_to_last_ratio"] for m in members]),
                 "layers": [
@@ -133,7 +151,7 @@ def across_seeds(runs: Sequence[SweepRun]) -> list[SeedGroup]:
 
 def sweep_report(summaries: Sequence[SweepRun]) -> SweepReport:
     """The report of a sweep from its runs' summaries (`summarise_run`), in order."""
-    has_seed_axis = bool(summaries) and SEED_AXIS in summaries[0]["axes"]
+    has_seed_axis = bool(summaries) and SEED_AXIS in summaries[0]["point"]
     return {
         "runs": list(summaries),
         "across_seeds": across_seeds(summaries) if has_seed_axis else None,

@@ -113,8 +113,8 @@ class JobSpec:
 def execute_unit(unit: RunUnit, cancel: threading.Event, models: ModelCache) -> Piece:
     """Run one unit; a sweep point is summarised where it ran."""
     report = run(unit.plan, cancel, models)
-    if "axes" in unit.label:
-        return summarise_run(unit.label["axes"], report)
+    if "point" in unit.label:
+        return summarise_run(unit.label, report)
     return report
 
 

@@ -77,7 +77,14 @@ class ParameterSummary(TypedDict):
 
 
 class SweepRun(TypedDict):
-    axes: Annotated[dict[str, Any], Field(description="path -> the value of this run")]
+    point: Annotated[dict[str, int], Field(description="path -> the index of this run's value")]
+    axes: Annotated[
+        dict[str, Any],
+        Field(
+            description="path -> the value of this run, for axes whose values are all at "
+            "most 256 bytes of JSON (a bigger value is named by its index in `point` only)"
+        ),
+    ]
     loss: float | None
     verdict: Verdict
     first_to_last_ratio: float | None
@@ -100,7 +107,8 @@ class LayerAcrossSeeds(TypedDict):
 class SeedGroup(TypedDict):
     """The runs that differ only in `seed`: statistics across seeds."""
 
-    axes: Annotated[dict[str, Any], Field(description="the values of the other axes")]
+    point: Annotated[dict[str, int], Field(description="the indices of the other axes' values")]
+    axes: Annotated[dict[str, Any], Field(description="the other axes' values, where small")]
     seeds: list[Any]
     first_to_last_ratio: MeanStd
     layers: list[LayerAcrossSeeds]
