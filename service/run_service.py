@@ -183,11 +183,11 @@ class RunService:
         )
         await self.backend.ready()
         load = await self.backend.load(spec)
-        if load.pending > 0 and load.pending + load.cost > load.capacity:
-            drain_s = load.typical_s * load.pending / max(1, load.parallel)
+        if load.full:
+            wait_s = await self.backend.wait_s(spec, load)
             raise Overloaded(
                 f"{load.pending} runs waiting or running, capacity {load.capacity}",
-                headers={"Retry-After": str(max(1, math.ceil(drain_s)))},
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
             )
         return await self.backend.submit(spec, idempotency)
 

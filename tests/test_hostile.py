@@ -2,6 +2,7 @@
 Every case asserts the status and the problem's code; the live-server cases also assert
 that `/healthz` answers meanwhile and that the process's memory returns within a bound."""
 
+import asyncio
 import gzip
 import json
 import random
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 
+import httpx
 import pytest
 
 from service.schemas.requests import LESSON_REQUEST
@@ -177,3 +179,37 @@ def test_sweep_reports_name_big_axis_values_by_index(client):
     assert (
         group["point"] == {"input": 2} and group["axes"] == {} and group["seeds"] == list(range(8))
     )
+
+
+@pytest.mark.slow
+def test_retry_after_is_the_expected_wait_for_room(live_server):
+    # Before: Retry-After was the median job time times the jobs in flight; after a few
+    # lessons (milliseconds) it said 1 s while the heavy job ahead took seconds.
+    server = live_server(concurrency=1, queue_capacity=1, limits={"max_flops": 10**15})
+    heavy = {
+        "model": {"kind": "mlp", "layer_sizes": [1024] * 33, "activation": "relu"},
+        "input": {"shape": [2000, 1024], "distribution": "normal"},
+        "loss": "sum",
+    }
+    later = {"prefer": "respond-async"}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            for seed in range(3):
+                lesson = await client.post(URL, json={**LESSON_REQUEST, "seed": seed})
+                assert lesson.status_code == 200
+            assert (await client.post(URL, json=heavy)).status_code == 200  # a rate to go by
+            for seed in (1, 2):
+                queued = await client.post(URL, json={**heavy, "seed": seed}, headers=later)
+                assert queued.status_code == 202
+            refused = await client.post(URL, json=LESSON_REQUEST)
+            started = time.monotonic()
+            while (await client.get("/readyz")).json()["backend"]["in_flight"] >= 2:
+                assert time.monotonic() - started < 120
+                await asyncio.sleep(0.02)
+            return refused, time.monotonic() - started
+
+    refused, room_after_s = asyncio.run(scenario())
+    assert_problem(refused, 429, "overloaded")
+    retry_after = int(refused.headers["retry-after"])
+    assert room_after_s / 2 <= retry_after <= 2 * room_after_s + 2, (retry_after, room_after_s)

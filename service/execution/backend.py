@@ -24,8 +24,10 @@ class Load:
     pending: int
     capacity: int
     cost: int
-    typical_s: float  # one unit's typical time
-    parallel: int  # units that execute at once
+
+    @property
+    def full(self) -> bool:
+        return self.pending > 0 and self.pending + self.cost > self.capacity
 
 
 RUN_SECONDS_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5, 10.0, 60.0, 300.0, float("inf"))
@@ -71,6 +73,10 @@ class Backend(Protocol):
         ...
 
     async def load(self, spec: JobSpec) -> Load: ...
+
+    async def wait_s(self, spec: JobSpec, load: Load) -> float:
+        """Of a full backend: the expected seconds until `spec` would fit (`Retry-After`)."""
+        ...
 
     async def submit(self, spec: JobSpec, idempotency: Idempotency | None) -> tuple[Job, bool]:
         """Store and start the job; (the job, whether it existed already under the key).

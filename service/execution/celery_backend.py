@@ -22,7 +22,13 @@ from service import logs
 from service.config import Settings
 from service.errors import IdempotencyConflict, NotReady, Timeout
 from service.execution import redis_jobs as keys
-from service.execution.backend import BackendMetrics, Idempotency, Load, cumulative
+from service.execution.backend import (
+    RUN_SECONDS_BUCKETS,
+    BackendMetrics,
+    Idempotency,
+    Load,
+    cumulative,
+)
 from service.execution.celery_app import RUN_TASK, make_celery
 from service.execution.jobs import JobSpec, new_job, now, shared_tensors
 from service.schemas.jobs import TERMINAL, Job
@@ -113,7 +119,22 @@ class CeleryBackend:
         queues = {self._queue(unit) for unit in spec.units}
         async with _broker():
             pending = sum([await self._redis.llen(q) for q in sorted(queues)])
-        return Load(pending, self._settings.max_queued_runs, len(spec.units), 1.0, 1)
+        return Load(pending, self._settings.max_queued_runs, len(spec.units))
+
+    async def wait_s(self, spec: JobSpec, load: Load) -> float:
+        """The runs that must leave the queues for this job to fit, at the median run time
+        the workers recorded (the upper bound of its bucket), over the live workers."""
+        metrics = await self.metrics()
+        below: dict[float, float] = {}  # runs recorded at or under each bucket's bound
+        for histogram, _ in metrics.run_seconds.values():
+            for bound, count in histogram:
+                below[float(bound)] = below.get(float(bound), 0.0) + count
+        total = below.get(float("inf"), 0.0)
+        longest = RUN_SECONDS_BUCKETS[-2]  # past it, a run counts as that long
+        median = next((b for b, n in sorted(below.items()) if 2 * n >= total > 0), 1.0)
+        median = min(median, longest)
+        excess = load.pending + load.cost - load.capacity
+        return excess * median / max(1, metrics.workers)
 
     def _queue(self, unit: Any) -> str:
         estimate = unit.plan.model.estimate.flops

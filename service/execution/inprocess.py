@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import statistics
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,6 +27,8 @@ from service.runtime import Runtime
 from service.schemas.jobs import TERMINAL, Job
 
 logger = logging.getLogger("gradiag")
+
+PRIOR_FLOPS_PER_S = 1e10  # a core's order of magnitude, until a job has been timed here
 
 
 def _ended() -> dict[str, Any]:
@@ -61,7 +62,8 @@ class InProcessBackend:
         self._done: OrderedDict[str, None] = OrderedDict()  # finished jobs, oldest first
         self._keys: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> job id
         self._in_flight = 0
-        self._durations: deque[float] = deque(maxlen=32)
+        self._flops: dict[str, int] = {}  # estimated FLOPs of each job in flight, oldest first
+        self._finished: deque[tuple[int, float]] = deque(maxlen=32)  # (FLOPs, seconds)
         self._kept_bytes = 0
         self._states: dict[str, int] = {}
         self._running = 0
@@ -87,10 +89,17 @@ class InProcessBackend:
             raise NotReady("the backend is stopping or not started")
 
     async def load(self, spec: JobSpec) -> Load:
-        settings = self._settings
-        typical = statistics.median(self._durations) if self._durations else 1.0
-        capacity = settings.concurrency + settings.queue_capacity
-        return Load(self._in_flight, capacity, 1, typical, settings.concurrency)
+        capacity = self._settings.concurrency + self._settings.queue_capacity
+        return Load(self._in_flight, capacity, 1)
+
+    async def wait_s(self, spec: JobSpec, load: Load) -> float:
+        """The expected time of the oldest jobs in flight that must end for one more to fit:
+        each job's FLOPs at the best rate recently measured, plus the shortest recent job's
+        time for what does not scale with FLOPs; spread over the run threads."""
+        rate = max((f / s for f, s in self._finished if s > 0), default=PRIOR_FLOPS_PER_S)
+        overhead = min((s for _, s in self._finished), default=0.0)
+        ahead = list(self._flops.values())[: load.pending + load.cost - load.capacity]
+        return sum(overhead + flops / rate for flops in ahead) / self._settings.concurrency
 
     async def describe(self) -> dict[str, Any]:
         return {"name": "inprocess", "in_flight": self._in_flight, "jobs_kept": len(self._jobs)}
@@ -126,6 +135,7 @@ class InProcessBackend:
         self._jobs[spec.id] = entry
         self._count("queued")
         self._in_flight += 1
+        self._flops[spec.id] = sum(unit.plan.model.estimate.flops for unit in spec.units)
         entry.deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
         # The run thread logs under the request that submitted the job (service.logs).
         context = contextvars.copy_context()
@@ -201,7 +211,9 @@ class InProcessBackend:
             logger.exception("job %s failed", entry.job["id"])
             error = GradiagError("an unexpected error occurred").problem()
         finally:
-            self._durations.append(time.perf_counter() - started)
+            if status == "succeeded":  # a job that ended early says nothing of the rate
+                flops = sum(unit.plan.model.estimate.flops for unit in spec.units)
+                self._finished.append((flops, time.perf_counter() - started))
             self._call_soon(self._finish, entry, status, result, error, runs)
 
     def _call_soon(self, callback: Any, *args: Any) -> None:
@@ -264,6 +276,7 @@ class InProcessBackend:
             return
         entry.released = True
         self._in_flight -= 1
+        self._flops.pop(entry.job["id"], None)
         self._expire()
 
     def _time_out(self, entry: _Entry) -> None:
