@@ -213,3 +213,29 @@ def test_retry_after_is_the_expected_wait_for_room(live_server):
     assert_problem(refused, 429, "overloaded")
     retry_after = int(refused.headers["retry-after"])
     assert room_after_s / 2 <= retry_after <= 2 * room_after_s + 2, (retry_after, room_after_s)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_a_generator_that_overflows_names_the_dtype_that_did(client, dtype):
+    # Before: the float32 draw overflowed, and the error named the request's dtype.
+    body = {
+        **LESSON_REQUEST,
+        "dtype": dtype,
+        "input": {"shape": [64, 3], "distribution": "normal", "std": 1e38},
+        "target": {"shape": [64, 1], "distribution": "zeros"},
+    }
+    problem = assert_problem(client.post(URL, json=body), 422, "invalid_tensor", ["body", "input"])
+    assert "overflow float32" in problem["detail"]
+
+
+def test_literal_values_past_the_dtype_are_refused_with_its_name(client):
+    # 1e20 fits float32; 1e39 does not, nor bfloat16, whose range is float32's.
+    for dtype, value, fits in [("float32", 1e20, True), ("float32", 1e39, False),
+                               ("bfloat16", 1e39, False), ("float64", 1e39, True)]:  # fmt: skip
+        body = {**LESSON_REQUEST, "dtype": dtype, "input": [[value, 0.0, -1.0]]}
+        response = client.post(URL, json=body)
+        if fits:
+            assert response.status_code == 200, response.text
+        else:
+            problem = assert_problem(response, 422, "invalid_tensor", ["body", "input"])
+            assert dtype in problem["detail"]
