@@ -48,6 +48,12 @@ class Limits(BaseSettings):
     max_flops: Count = Field(5 * 10**12, ge=1, description="estimated forward+backward FLOPs")
     max_variants: int = Field(16, ge=1, description="variants of one compare request")
     max_sweep_runs: int = Field(256, ge=1, description="runs of one sweep (the axes' product)")
+    max_memory_bytes: Count = Field(
+        8 << 30,
+        ge=1,
+        description="estimated peak bytes of one run: weights, gradients, saved activations, "
+        "input, statistics' scratch (a request's runs execute one at a time per process)",
+    )
 
 
 class Settings(BaseSettings):

@@ -2,6 +2,10 @@
 really keeps for backward, measured with `saved_tensors_hooks` in float32, float64 and
 bfloat16."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -9,6 +13,7 @@ from service.architectures.activations import ACTIVATIONS
 from service.architectures.modules import SeededDropout
 from service.architectures.registry import MODEL_KINDS
 from service.schemas.models import GPTSpec, MLPSpec, SequentialSpec
+from tests.processes import ROOT
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
@@ -133,3 +138,36 @@ def test_gpt_estimate_bounds_what_is_saved(norm, dtype):
          "n_layers": 2, "drop_rate": 0.1, "qkv_bias": True, "norm": norm}
     )  # fmt: skip
     assert_estimate_bounds(spec, (2, 12), dtype)
+
+
+def _measured_peak(body: dict) -> dict:
+    command = [sys.executable, "-m", "tests.peak_memory", json.dumps(body)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+WIDE = {
+    "model": {"kind": "mlp", "layer_sizes": [4096] * 5, "activation": "relu"},
+    "input": {"shape": [64, 4096], "distribution": "normal"},
+    "loss": "sum",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body",
+    [
+        WIDE,
+        {**WIDE, "dtype": "float64"},
+        {**WIDE, "dtype": "bfloat16"},
+        # Variants run one at a time: four of them peak as one does.
+        {"base": WIDE, "variants": {f"v{i}": {"seed": i} for i in range(4)}},
+    ],
+    ids=["float32", "float64", "bfloat16", "compare_of_4"],
+)
+def test_the_memory_estimate_bounds_the_measured_peak(body):
+    measured = _measured_peak(body)
+    assert measured["status"] == 200
+    # An estimate, not an accounting: above the peak, and not by more than a third.
+    assert 0.75 * measured["estimate"] <= measured["grown"] <= measured["estimate"], measured

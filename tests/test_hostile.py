@@ -239,3 +239,17 @@ def test_literal_values_past_the_dtype_are_refused_with_its_name(client):
         else:
             problem = assert_problem(response, 422, "invalid_tensor", ["body", "input"])
             assert dtype in problem["detail"]
+
+
+def test_memory_is_budgeted_before_anything_is_allocated(make_client):
+    # Before: 16 variants of a 335M-parameter MLP were admitted and peaked at 3.6 GB.
+    api = make_client(limits={"max_memory_bytes": 2 << 30, "max_flops": 10**15})
+    base = {**LESSON_REQUEST, "model": {"kind": "mlp", "layer_sizes": [3] + [8192] * 6}}
+    base["model"]["layer_sizes"][-1] = 1
+    body = {"base": base, "variants": {f"v{i}": {"seed": i} for i in range(16)}}
+    problem = assert_problem(api.post(COMPARE, json=body), 422, "budget_exceeded")
+    assert "memory_bytes" in problem["exceeded"]
+    parameters = problem["estimate"]["parameters"]
+    assert problem["estimate"]["memory_bytes"] >= 2 * 4 * parameters > 2 << 30
+    small = {"base": LESSON_REQUEST, "variants": {f"v{i}": {"seed": i} for i in range(16)}}
+    assert api.post(COMPARE, json=small).status_code == 200

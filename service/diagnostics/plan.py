@@ -12,7 +12,7 @@ from typing import Any
 from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
-from service.diagnostics.tensors import LiteralChecks, probe_shape
+from service.diagnostics.tensors import DTYPES, LiteralChecks, probe_shape
 from service.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -74,7 +74,26 @@ def _check_generated_ids(payload: Any, classes: int | None, loc: Loc, what: str)
         )
 
 
-def check_budget(estimate: Estimate, elements: int, limits: Limits) -> None:
+# The statistics widen a chunk of 2**20 elements to float64 at a time (stats/reference.py),
+# with a few temporaries of its size.
+STATISTICS_SCRATCH_BYTES = 4 * 8 * (1 << 20)
+
+
+def peak_bytes(estimate: Estimate, elements: int, dtype: str) -> int:
+    """A run's peak memory: weights and their gradients, the activations saved for the
+    backward pass, input and target, in the run's dtype, and the statistics' scratch. A
+    model in another dtype than float32 is drawn in float32 and cast, so that its build
+    holds both copies for a moment; bfloat16 runs are counted at float32's size, as the
+    CPU's kernels compute them (docs/performance.md has the measurements). A request's
+    runs execute one at a time per process, so this is also a compare's or a sweep's peak:
+    the largest of its runs'."""
+    size = DTYPES[dtype].itemsize
+    build = estimate.parameters * (4 + size if size != 4 else size)
+    run = (2 * estimate.parameters + estimate.activation_elements + elements) * max(size, 4)
+    return max(build, run) + STATISTICS_SCRATCH_BYTES
+
+
+def check_budget(estimate: Estimate, elements: int, dtype: str, limits: Limits) -> None:
     """Refuse with the estimate and the limits when any estimate exceeds its limit."""
     pairs = {
         "parameters": (estimate.parameters, limits.max_parameters),
@@ -82,6 +101,7 @@ def check_budget(estimate: Estimate, elements: int, limits: Limits) -> None:
         "flops": (estimate.flops, limits.max_flops),
         "layers": (estimate.layers, limits.max_layers),
         "input_elements": (elements, limits.max_input_elements),
+        "memory_bytes": (peak_bytes(estimate, elements, dtype), limits.max_memory_bytes),
     }
     over = [name for name, (value, limit) in pairs.items() if value > limit]
     if over:
@@ -126,8 +146,8 @@ def plan_run(
         classes = model.output_shape[-1]
         _check_generated_ids(request.target, classes, (*loc, "target"), "class id")
     elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
-    check_budget(model.estimate, elements, limits)
     dtype = request.dtype or default_dtype
+    check_budget(model.estimate, elements, dtype, limits)
     integers = model.input_kind == "int"
     literals.check(request.input, input_shape, integers, dtype, (*loc, "input"), "token id")
     if target_shape is not None:
