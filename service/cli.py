@@ -6,8 +6,6 @@ import json
 import os
 import sys
 
-import uvicorn
-
 from service.config import get_settings
 
 
@@ -21,8 +19,11 @@ def _serve(args: argparse.Namespace) -> None:
             "(each in-process backend keeps its own jobs)",
             file=sys.stderr,
         )
-    uvicorn.run(
+    from service.server import ServeConfig, serve
+
+    config = ServeConfig(
         "service.main:create_app",
+        settings,
         factory=True,
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
@@ -30,6 +31,7 @@ def _serve(args: argparse.Namespace) -> None:
         log_level=args.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
+    serve(config)
 
 
 def _worker(args: argparse.Namespace) -> None:

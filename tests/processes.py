@@ -1,5 +1,5 @@
-"""Real processes for the celery backend's tests: a `redis-server` of their own on a free
-port (never the machine's), and `gradiag worker` subprocesses. No mocks."""
+"""Real processes for tests: a `redis-server` of their own on a free port (never the
+machine's), `gradiag worker` and `gradiag serve` subprocesses. No mocks."""
 
 import os
 import shutil
@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,3 +101,36 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+
+
+class Serve:
+    """`gradiag serve` in a subprocess on 127.0.0.1 and a free port, started with the given
+    GRADIAG_* settings, on the CPU."""
+
+    def __init__(self, *args: str, **settings: object):
+        env = {**os.environ, "GRADIAG_DEVICE": "cpu", "GRADIAG_TORCH_THREADS": "1",
+               "GRADIAG_GC_FREEZE": "false"}  # fmt: skip
+        env.update({f"GRADIAG_{k.upper()}": str(v) for k, v in settings.items()})
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--log-level", "warning", *args]  # fmt: skip
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+
+    def wait_ready(self, limit_s: float = 90) -> "Serve":
+        """Until /readyz answers 200."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            assert self.process.poll() is None, "gradiag serve exited"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "gradiag serve did not become ready"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
