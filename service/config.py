@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="open connections per process; requests beyond get a 503"
     )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM or SIGINT, /readyz answers 503 this long while requests are "
+        "still served; then the listener closes and requests in flight finish",
+    )
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
     native_statistics: bool = Field(
         True, description="use the native statistics kernel where it was built at install"

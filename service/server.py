@@ -1,9 +1,15 @@
-"""The HTTP server `gradiag serve` runs: uvicorn with deadlines on reading a request and a
-connection cap."""
+"""The HTTP server `gradiag serve` runs: uvicorn with deadlines on reading a request, a
+connection cap, and a shutdown that load balancers can see (a drain before the listener
+closes)."""
 
 import asyncio
+import logging
+import signal
+import socket
 import sys
+import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, cast
 
 import uvicorn
@@ -13,11 +19,14 @@ from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from service.api.problems import render
 from service.config import Settings
 from service.errors import GradiagError, RequestTimeout, TooManyConnections
+from service.lifecycle import Lifecycle
+
+logger = logging.getLogger("uvicorn.error")
 
 
 class ServeConfig(uvicorn.Config):
@@ -147,12 +156,119 @@ class GuardedProtocol(HttpToolsProtocol):
         )
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining on the first SIGTERM or SIGINT: /readyz answers 503 for
+    GRADIAG_DRAIN_S while requests are still served, then uvicorn's graceful shutdown (the
+    listener closes, requests in flight finish) and exit 0. A second signal ends the drain;
+    SIGINT during the shutdown ends it at once (uvicorn's rule)."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        super().__init__(config)
+        self.drain_s = config.settings.drain_s
+        self.lifecycle = Lifecycle()
+        self.drain_until: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Requests find it in their state: the ASGI lifespan state is copied into each.
+        self.lifespan.state["lifecycle"] = self.lifecycle
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded for uvicorn to raise again after the shutdown: a drained stop exits 0.
+        if self.should_exit:
+            self.force_exit = self.force_exit or sig == signal.SIGINT
+        elif self.drain_until is None and self.drain_s > 0 and self.started:
+            self.drain_until = time.monotonic() + self.drain_s
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None:
+            if not self.lifecycle.draining:  # logged here: a signal handler should not log
+                self.lifecycle.draining = True
+                logger.info("Draining for %g s: /readyz answers 503", self.drain_s)
+            if time.monotonic() >= self.drain_until:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+class _DrainingProcess(Process):
+    """One of uvicorn's worker processes, serving with a DrainingServer."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = DrainingServer(cast(ServeConfig, self.config))
+        return self._server
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes (uvicorn 0.54, pinned), whose methods that
+    start a process are repeated here to start a _DrainingProcess: the same bodies. On
+    SIGTERM it sends each worker SIGTERM, and each drains, and waits for them."""
+
+    def init_processes(self) -> None:
+        for _ in range(self.processes_num):
+            process = _DrainingProcess(self.config, self.sockets)
+            process.start()
+            self.processes.append(process)
+
+    def restart_all(self) -> None:
+        for idx, old_process in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new_process = _DrainingProcess(self.config, self.sockets)
+            new_process.start()
+            if not new_process.wait_until_ready(
+                self.config.timeout_worker_healthcheck, self.should_exit
+            ):
+                new_process.kill()
+                new_process.join()
+                if not self.should_exit.is_set():
+                    logger.error(
+                        f"New child process [{new_process.pid}] was not ready in time; "
+                        f"keeping worker [{old_process.pid}] and aborting the restart."
+                    )
+                return
+            old_process.terminate()
+            old_process.join()
+            self.processes[idx] = new_process
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                logger.error(
+                    f"Child process [{process.pid}] failed to start, stopping the parent process."
+                )
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            logger.info(f"Child process [{process.pid}] died")
+            process = _DrainingProcess(self.config, self.sockets)
+            process.start()
+            self.processes[idx] = process
+
+    def handle_ttin(self) -> None:
+        logger.info("Received SIGTTIN, increasing the number of processes.")
+        self.processes_num += 1
+        process = _DrainingProcess(self.config, self.sockets)
+        process.start()
+        self.processes.append(process)
+
+
 def serve(config: ServeConfig) -> None:
     """Run the server: in this process, or in `config.workers` processes sharing a socket."""
     if config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        _Supervisor(config, sockets=[config.bind_socket()]).run()
         return
-    server = uvicorn.Server(config)
+    server = DrainingServer(config)
     server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
