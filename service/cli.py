@@ -7,7 +7,6 @@ import logging.config
 import os
 import sys
 
-import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from service import logs
@@ -24,8 +23,11 @@ def _serve(args: argparse.Namespace) -> None:
             "(each in-process backend keeps its own jobs)",
             file=sys.stderr,
         )
-    uvicorn.run(
+    from service.server import ServeConfig, serve
+
+    config = ServeConfig(
         "service.main:create_app",
+        settings,
         factory=True,
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
@@ -36,6 +38,7 @@ def _serve(args: argparse.Namespace) -> None:
         access_log=settings.log_format != "json",
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
+    serve(config)
 
 
 def _worker(args: argparse.Namespace) -> None:

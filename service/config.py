@@ -107,6 +107,28 @@ class Settings(BaseSettings):
         description="bearer keys every /v1 route requires; empty: open",
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's headers must arrive within this of connecting (or of their "
+        "first byte on a kept-alive connection); then 408 and the connection closes",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a request's body must arrive within this of its headers (8 MiB at about "
+        "1.2 Mbit/s); then 408 and the connection closes",
+    )
+    keep_alive_s: int = Field(5, ge=1, description="an idle kept-alive connection closes after")
+    max_connections: int = Field(
+        1000, ge=1, description="open connections per process; requests beyond get a 503"
+    )
+    drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM or SIGINT, /readyz answers 503 this long while requests are "
+        "still served; then the listener closes and requests in flight finish",
+    )
     deterministic: bool = Field(True, description="torch.use_deterministic_algorithms")
     native_statistics: bool = Field(
         True, description="use the native statistics kernel where it was built at install"

@@ -157,6 +157,14 @@ class NotReady(GradiagError):
     code, status, title = "not_ready", 503, "Service not ready"
 
 
+class TooManyConnections(GradiagError):
+    code, status, title = "overloaded", 503, "Too many connections"
+
+
+class RequestTimeout(GradiagError):
+    code, status, title = "request_timeout", 408, "Request not received in time"
+
+
 class WorkerLost(GradiagError):
     code, status, title = "worker_lost", 500, "Worker lost"
 

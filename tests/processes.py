@@ -1,6 +1,7 @@
-"""Real processes for the celery backend's tests: a `redis-server` of their own on a free
-port (never the machine's), and `gradiag worker` subprocesses. No mocks."""
+"""Real processes for tests: a `redis-server` of their own on a free port (never the
+machine's), `gradiag worker` and `gradiag serve` subprocesses. No mocks."""
 
+import http.client
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,30 +105,42 @@ class Worker:
 
 
 class Serve:
-    """`gradiag serve` in a subprocess on 127.0.0.1 and a free port, with GRADIAG_* settings."""
+    """`gradiag serve` in a subprocess on 127.0.0.1 and a free port, started with the given
+    GRADIAG_* settings, on the CPU; a context manager too (ready on entry, killed on exit)."""
 
-    def __init__(self, **settings: object) -> None:
-        self.port = free_port()
-        env = {**os.environ, "GRADIAG_PORT": str(self.port), "GRADIAG_DEVICE": "cpu"}
+    def __init__(self, *args: str, **settings: object):
+        env = {**os.environ, "GRADIAG_DEVICE": "cpu", "GRADIAG_TORCH_THREADS": "1",
+               "GRADIAG_GC_FREEZE": "false"}  # fmt: skip
         env.update({f"GRADIAG_{k.upper()}": str(v) for k, v in settings.items()})
-        command = [sys.executable, "-m", "service.cli", "serve", "--log-level=warning"]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--log-level", "warning", *args]  # fmt: skip
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
 
-    def __enter__(self) -> "Serve":
-        deadline = time.monotonic() + 60
+    def wait_ready(self, limit_s: float = 90) -> "Serve":
+        """Until /readyz answers 200."""
+        deadline = time.monotonic() + limit_s
         while True:
+            assert self.process.poll() is None, "gradiag serve exited"
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
                     return self
-            except OSError:
-                assert self.process.poll() is None, "gradiag serve exited"
-                assert time.monotonic() < deadline, "gradiag serve did not start"
-                time.sleep(0.05)
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "gradiag serve did not become ready"
+            time.sleep(0.1)
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> "Serve":
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def rss_bytes(self) -> int:
         pages = int(Path(f"/proc/{self.process.pid}/statm").read_text().split()[1])
@@ -141,8 +155,6 @@ class Serve:
         timeout: float = 120,
     ) -> tuple[int, dict[str, str], bytes]:
         """One request on a new connection: (status, headers, body)."""
-        import http.client
-
         headers = dict(headers or {})
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:

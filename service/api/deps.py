@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
 from service.errors import Unauthorized
+from service.lifecycle import Lifecycle
 from service.run_service import RunService
 
 
@@ -28,6 +29,15 @@ async def get_run_service(request: Request) -> RunService:
 
 
 RunServiceDep = Annotated[RunService, Depends(get_run_service)]
+
+
+async def get_lifecycle(request: Request) -> Lifecycle | None:
+    """The server's lifecycle, where the server provides one (see service/server.py)."""
+    lifecycle: Lifecycle | None = getattr(request.state, "lifecycle", None)
+    return lifecycle
+
+
+LifecycleDep = Annotated[Lifecycle | None, Depends(get_lifecycle)]
 
 _bearer = HTTPBearer(auto_error=False, description="one of GRADIAG_API_KEYS, where set")
 

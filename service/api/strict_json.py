@@ -12,12 +12,18 @@ from typing import Any
 
 import orjson
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.problems import render
-from service.errors import BodyTooLarge, FieldError, InvalidJSON, UnsupportedMediaType
+from service.errors import (
+    BodyTooLarge,
+    ClientClosed,
+    FieldError,
+    InvalidJSON,
+    UnsupportedMediaType,
+)
 
 # Bodies past this are parsed on a thread (orjson lets the event loop run meanwhile).
 LARGE_BODY_BYTES = 1 << 16
@@ -39,7 +45,10 @@ class StrictJSONRequest(Request):
     async def load(self) -> None:
         if not _is_json(self.headers.get("content-type", "")):
             raise UnsupportedMediaType("the body must be application/json")
-        body = await self.body()
+        try:
+            body = await self.body()
+        except ClientDisconnect:  # gone mid-body, or cut off by the body deadline: no traceback
+            raise ClientClosed("the client disconnected before sending its body") from None
         if not body:
             raise InvalidJSON.at(("body",), "a JSON body is required")
         self.state.large = len(body) > LARGE_BODY_BYTES

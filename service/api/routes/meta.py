@@ -1,13 +1,14 @@
 """What the service can do, and whether it is alive and ready."""
 
 import asyncio
+import math
 from typing import Any, get_args
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, TypeAdapter
 
 import service
-from service.api.deps import RunServiceDep, get_owner
+from service.api.deps import LifecycleDep, RunServiceDep, get_owner
 from service.api.problems import problem_responses
 from service.architectures.activations import ACTIVATIONS
 from service.architectures.registry import MODEL_KINDS
@@ -135,10 +136,14 @@ async def healthz() -> Health:
 @router.get(
     "/readyz", operation_id="readyz", response_model=Readiness, responses=problem_responses(503)
 )
-async def readyz(runs: RunServiceDep) -> Readiness:
+async def readyz(runs: RunServiceDep, lifecycle: LifecycleDep) -> Readiness:
     """Readiness: the backend accepts work (Redis answers, on the celery backend) and, where
     runs execute in this process, a tiny allocation on the default device succeeds. 503
-    while starting, stopping (in-flight work still finishes) or broken."""
+    while starting, broken, or shutting down: for GRADIAG_DRAIN_S after SIGTERM the
+    service still serves requests, so that load balancers see the 503 and stop sending."""
+    if lifecycle is not None and lifecycle.draining:
+        retry_s = max(1, math.ceil(runs.settings.drain_s))
+        raise NotReady("shutting down", headers={"Retry-After": str(retry_s)})
     backend = runs.backend
     await backend.ready()
     runtime = getattr(backend, "runtime", None)
