@@ -3,9 +3,11 @@ Every case asserts the status and the problem's code; the live-server cases also
 that `/healthz` answers meanwhile and that the process's memory returns within a bound."""
 
 import asyncio
+import contextlib
 import gzip
 import json
 import random
+import select
 import socket
 import threading
 import time
@@ -253,3 +255,86 @@ def test_memory_is_budgeted_before_anything_is_allocated(make_client):
     assert problem["estimate"]["memory_bytes"] >= 2 * 4 * parameters > 2 << 30
     small = {"base": LESSON_REQUEST, "variants": {f"v{i}": {"seed": i} for i in range(16)}}
     assert api.post(COMPARE, json=small).status_code == 200
+
+
+def _chunked(path: str, body: bytes, chunk: int = 1 << 16) -> bytes:
+    """A raw HTTP/1.1 request whose body is sent chunked, with no Content-Length."""
+    parts = [
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n".encode()
+    ]
+    for start in range(0, len(body), chunk):
+        piece = body[start : start + chunk]
+        parts.append(b"%x\r\n%s\r\n" % (len(piece), piece))
+    parts.append(b"0\r\n\r\n")
+    return b"".join(parts)
+
+
+def _raw(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send a raw request piece by piece, stopping early if the server answers first (as
+    it does a body over the limit); then its status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        for start in range(0, len(request), 1 << 16):
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(request[start : start + (1 << 16)])
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 16):
+                answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+LESSON = json.dumps(LESSON_REQUEST)
+# (name, body, content type, expected status, expected code): each answered while /healthz
+# keeps answering, and none leaves the process bigger than it found it.
+HOSTILE = [
+    ("nesting_100000_deep", b"[" * 100_000 + b"]" * 100_000, None, 400, "invalid_request"),
+    ("body_9_mib", b" " * (9 << 20), None, 413, "body_too_large"),
+    ("nan", LESSON.replace("1.0", "NaN", 1).encode(), None, 400, "invalid_request"),
+    ("infinity", LESSON.replace("1.0", "Infinity", 1).encode(), None, 400, "invalid_request"),
+    ("1e999", LESSON.replace("1.0", "1e999", 1).encode(), None, 400, "invalid_request"),
+    ("unknown_field", LESSON[:-1].encode() + b', "surprise": 1}', None, 422, "invalid_request"),
+    ("form_media_type", b"model=mlp", "application/x-www-form-urlencoded", 415,
+     "unsupported_media_type"),
+    ("no_media_type", LESSON.encode(), "", 415, "unsupported_media_type"),
+    ("huge_string", LESSON[:-1].encode() + b', "loss": "' + b"x" * (7 << 20) + b'"}', None, 422,
+     "invalid_request"),
+    ("huge_int", LESSON[:-1].encode() + b', "seed": 1' + b"0" * 5000 + b"}", None, 400,
+     "invalid_request"),
+    ("empty", b"", None, 400, "invalid_request"),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_hostile_bodies_on_a_live_server_keep_it_answering_and_its_memory_flat():
+    with Serve() as live:
+        live.request("POST", URL, LESSON.encode())  # start-up allocations first
+        rss_before = live.rss_bytes()
+        with HealthWatch(live) as health:
+            for name, body, media, status, code in HOSTILE:
+                headers = {"content-type": "application/json" if media is None else media}
+                got, _, answer = live.request("POST", URL, body, headers)
+                assert got == status, (name, answer[:300])
+                assert json.loads(answer)["code"] == code, name
+                assert len(answer) < 64 * 1024, name
+            # Chunked, no length: refused once past the limit, answered when within it.
+            got, answer = _raw(live.port, _chunked(URL, b" " * (9 << 20)))
+            assert got == 413 and b'"code":"body_too_large"' in answer
+            got, answer = _raw(live.port, _chunked(URL, LESSON.encode(), chunk=16))
+            assert got == 200, answer[:300]
+            # Duplicate keys: the last one wins, as in JSON.parse.
+            got, _, answer = live.request("POST", URL, LESSON[:-1].encode() + b', "seed": 7}')
+            assert got == 200 and json.loads(answer)["provenance"]["seed"] == 7
+            # 1e20 fits float32 and bfloat16, its square does not: an answer, with findings.
+            for dtype in ("float32", "bfloat16"):
+                overflowing = {**LESSON_REQUEST, "dtype": dtype, "input": [[1e20, 0.0, -1e20]]}
+                got, _, answer = live.request("POST", URL, json.dumps(overflowing).encode())
+                assert got == 200 and json.loads(answer)["diagnosis"]["verdict"] == "non_finite"
+        assert health.count > 0 and health.worst < 1.0, health.worst
+        grown = live.rss_bytes() - rss_before
+        assert grown < 64 << 20, f"RSS grew {grown >> 20} MiB"
