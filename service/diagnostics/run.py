@@ -129,7 +129,7 @@ def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> Diagnosti
     clock = _Clock(device)
     started = clock.last
     inputs, target = _inputs(plan, device)
-    model = models.checkout(plan)
+    model = models.checkout(plan, cancel)
     try:
         _check(cancel)
         clock.lap("build")

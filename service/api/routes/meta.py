@@ -77,6 +77,8 @@ class CacheState(BaseModel):
     misses: int
     idle_bytes: int
     max_bytes: int
+    idle_entries: int
+    max_entries: int
 
 
 class Readiness(BaseModel):
@@ -152,6 +154,8 @@ async def readyz(runs: RunServiceDep) -> Readiness:
             misses=models.misses,
             idle_bytes=models.idle_bytes,
             max_bytes=models.max_bytes,
+            idle_entries=models.idle_entries,
+            max_entries=models.max_entries,
         )
     return Readiness(
         status="ready",
