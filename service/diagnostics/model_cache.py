@@ -242,7 +242,7 @@ def _check(cancel: threading.Event) -> None:
 
 def _free_elsewhere(exc: BaseException) -> None:
     """Drop `exc`'s traceback, whose frames hold a half-built model, on a thread of its own:
-    freeing 1.3 GB took 90 ms, which the run's slot need not wait for."""
+    freeing a large model takes a while the run's slot need not wait (docs/performance.md)."""
     frames = [exc.__traceback__]
     exc.__traceback__ = None
     threading.Thread(target=frames.clear, name="gradiag-free").start()  # exit waits for it
