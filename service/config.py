@@ -142,7 +142,13 @@ class Settings(BaseSettings):
         "collector's view, for shorter full collections",
     )
     model_cache_bytes: int = Field(
-        1 << 30, ge=0, description="initial models kept for repeated requests (LRU); 0: none"
+        1 << 30,
+        ge=0,
+        description="initial models kept for repeated requests (LRU), in bytes of their "
+        "measured footprint; 0: none",
+    )
+    model_cache_entries: int = Field(
+        1024, ge=0, description="initial models kept for repeated requests (LRU); 0: none"
     )
     cors_origins: list[str] = Field(default_factory=list)
     log_format: LogFormat = Field(

@@ -109,7 +109,9 @@ class Runtime:
             run_threads=ThreadPoolExecutor(settings.concurrency, thread_name_prefix="gradiag-run"),
             side_thread=side,
             statistics=statistics,
-            models=ModelCache(settings.model_cache_bytes, statistics, side),
+            models=ModelCache(
+                settings.model_cache_bytes, settings.model_cache_entries, statistics, side
+            ),
         )
         if settings.gc_freeze:  # what start-up made lives as long as the process
             freeze_startup_objects()

@@ -92,6 +92,31 @@ def test_deadline_gives_504_naming_the_job_whose_cancel_frees_the_slot(live_serv
     assert after.status_code == 200
 
 
+# A 335M-parameter MLP (1.3 GB) whose cold build here outlasts two 1 s deadlines: a lesson
+# queued behind a build that ignored its deadline would miss its own (docs/performance.md).
+BIG_BUILD = {
+    "model": {"kind": "mlp", "layer_sizes": [8192] * 6 + [1], "activation": "relu"},
+    "input": {"shape": [1, 8192], "distribution": "normal"},
+    "loss": "sum",
+}
+
+
+def test_a_deadline_cancels_a_build_and_frees_the_slot(make_client):
+    client = make_client(concurrency=1, request_timeout_s=1.0, job_timeout_s=1.0)
+    gc.disable()  # see above: a full collection during the lesson would exceed its deadline
+    try:
+        timed_out = client.post(URL, json=BIG_BUILD)
+        # Queued behind the build, under the same 1 s deadline: answered only if the build
+        # stopped soon after its own deadline.
+        after = client.post(URL, json=LESSON_REQUEST)
+    finally:
+        gc.enable()
+    job = client.get(timed_out.json()["job"]).json()
+    assert timed_out.status_code == 504 and timed_out.json()["code"] == "timeout"
+    assert after.status_code == 200, (after.json(), job)
+    assert job["status"] == "failed" and job["error"]["code"] == "timeout"
+
+
 def test_client_that_disconnects_frees_its_slot(live_server):
     server = live_server(concurrency=1, queue_capacity=0, limits={"max_flops": 1e15})
 

@@ -63,7 +63,7 @@ def test_the_side_thread_starts_no_openmp_team(monkeypatch):
     )
 
     def build(seed: int) -> int:
-        model = runtime.models.checkout(_mlp_plan(seed, settings))
+        model = runtime.models.checkout(_mlp_plan(seed, settings), threading.Event())
         runtime.models.checkin(model)
         return thread_count()
 

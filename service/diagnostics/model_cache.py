@@ -3,14 +3,15 @@
 A run never changes a parameter (there is no optimiser step), only `.grad` and, in training
 mode, normalisation buffers; both are restored after the run. So a repeated request reuses
 the module, its weights' hash and its value statistics instead of re-initialising. The
-cache is an LRU bounded by bytes.
+cache is an LRU by key, bounded by the entries' measured footprint and by their number;
+lookup, check-in and each eviction cost O(1).
 """
 
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from concurrent.futures import Executor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,18 @@ from service.schemas.reports import Stats
 # the rest are summarised in the one call after the draws.
 SIDE_STATISTICS_MIN_ELEMENTS = 1 << 12
 
+# Bytes hashed between two cancellation checks (a few ms of sha256).
+HASH_CHUNK = 1 << 24
+
+# What an idle entry holds beyond its tensors' data, in process memory (RSS): once per entry
+# (the InitialModel, its lists, its capture), per module (an nn.Module's dicts), per tensor
+# (the Tensor, its storage, its value statistics) and per reported layer (its hook). Fitted
+# to CPython 3.11 and torch 2.13, rounded up (docs/performance.md, "Model cache").
+ENTRY_OVERHEAD = 1024
+MODULE_OVERHEAD = 3072
+TENSOR_OVERHEAD = 1024
+LAYER_OVERHEAD = 256
+
 
 class ParameterDigest:
     """sha256 over names, shapes, dtypes and raw bytes of parameters, fed in order."""
@@ -36,20 +49,25 @@ class ParameterDigest:
     def __init__(self) -> None:
         self._digest = hashlib.sha256()
 
-    def update(self, name: str, param: torch.Tensor) -> None:
+    def update(self, name: str, param: torch.Tensor, cancel: threading.Event | None = None) -> None:
+        """Feed one parameter, checking `cancel` between chunks of its bytes."""
         self._digest.update(f"{name}:{list(param.shape)}:{param.dtype};".encode())
         tensor = param.detach().cpu().contiguous().reshape(-1)
-        self._digest.update(tensor.view(torch.uint8).numpy().data)  # releases the GIL
+        data = tensor.view(torch.uint8).numpy().data
+        for start in range(0, len(data), HASH_CHUNK):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            self._digest.update(data[start : start + HASH_CHUNK])  # releases the GIL
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
 
 
-def hash_parameters(module: nn.Module) -> str:
+def hash_parameters(module: nn.Module, cancel: threading.Event | None = None) -> str:
     """The digest of a module's parameters, in `named_parameters()` order."""
     digest = ParameterDigest()
     for name, param in module.named_parameters():
-        digest.update(name, param)
+        digest.update(name, param, cancel)
     return digest.hexdigest()
 
 
@@ -93,11 +111,11 @@ class InitialModel:
     """A module in its initial state, with what is derived from that state once: the hash,
     value statistics, and the structure a run walks (parameters, layers, owners)."""
 
-    key: Hashable
+    key: bytes
     module: nn.Module
     init_sha256: str
     value_stats: list[Stats]  # per named parameter, in order
-    generator_state: torch.Tensor  # the seeded generator right after initialisation
+    generator_state: torch.Tensor | None  # the generator after initialisation, for dropout
     named_parameters: list[tuple[str, nn.Parameter]]
     layers: list[tuple[str, nn.Module]]  # the reported layers
     owners: list[str | None]  # per named parameter: the reported layer holding it
@@ -114,9 +132,12 @@ class InitialModel:
         if self.training != training:
             self.module.train(training)
             self.training = training
+        if not self.dropouts:
+            return
         if torch.device(device).type == "cuda":
             generator = torch.Generator(device).manual_seed(seed)
         else:
+            assert self.generator_state is not None
             generator = torch.Generator()
             generator.set_state(self.generator_state)
         for dropout in self.dropouts:
@@ -133,35 +154,59 @@ class InitialModel:
 
 
 def _estimated_bytes(plan: RunPlan) -> int:
-    return plan.model.estimate.parameters * DTYPES[plan.dtype].itemsize
+    """A lower bound of the footprint before the build: the parameters and the entry."""
+    return plan.model.estimate.parameters * DTYPES[plan.dtype].itemsize + ENTRY_OVERHEAD
 
 
-def cache_key(plan: RunPlan) -> Hashable:
+def footprint(
+    module: nn.Module, layers: int, buffers: list[tuple[torch.Tensor, torch.Tensor]]
+) -> int:
+    """The bytes an idle entry holds: its tensors' data (buffers twice: live and initial)
+    and the measured overheads of its Python objects."""
+    params = list(module.parameters())
+    modules = sum(1 for _ in module.modules())
+    tensors = [*params, *(t for pair in buffers for t in pair)]
+    data = sum(t.numel() * t.element_size() for t in tensors)
+    return (
+        data
+        + ENTRY_OVERHEAD
+        + MODULE_OVERHEAD * modules
+        + TENSOR_OVERHEAD * len(tensors)
+        + LAYER_OVERHEAD * layers
+    )
+
+
+def cache_key(plan: RunPlan) -> bytes:
+    """A digest of everything the initial model depends on: 32 bytes whatever the spec's size
+    (a 256-bit digest, so distinct specs never share a key in practice)."""
     shape = plan.input_shape[1:] if plan.kind.build_uses_input_shape else ()
-    return (plan.request.model.model_dump_json(), shape, plan.request.seed, plan.dtype, plan.device)
+    what = (plan.request.model.model_dump_json(), shape, plan.request.seed, plan.dtype, plan.device)
+    return hashlib.blake2b(repr(what).encode(), digest_size=32).digest()
 
 
 def _drawn(
-    plan: RunPlan, statistics: Statistics, side: Executor
+    plan: RunPlan, statistics: Statistics, side: Executor, cancel: threading.Event
 ) -> tuple[nn.Module, torch.Generator, str, list[Stats]]:
     """Draw the weights; hash and summarise each parameter on `side` as soon as it is drawn.
 
     Drawing is sequential (one generator) and leaves a core idle; hashing and the kernel's
     serial calls release the GIL, so the hash and value statistics are ready about when the
     last weight is. A dtype cast changes the values afterwards: then the cast module is
-    hashed and summarised after construction.
+    hashed and summarised after construction. Cancelled between draws and hashed chunks.
     """
     factory = lambda: plan.kind.build(plan.request.model, plan.input_shape)  # noqa: E731
     dtype = DTYPES[plan.dtype]
     if dtype != torch.float32:
-        module, generator = build_seeded(factory, plan.request.seed)
+        module, generator = build_seeded(factory, plan.request.seed, cancel=cancel)
+        _check(cancel)
         module = module.to(dtype=dtype)
         values = statistics.summarise(list(module.parameters())).stats
-        return module, generator, hash_parameters(module), values
+        return module, generator, hash_parameters(module, cancel), values
     module = build_uninitialised(factory)
     named = list(module.named_parameters())
     names = {id(p): name for name, p in named}
-    digest, drawn, rows, pending = ParameterDigest(), [], {}, []
+    digest, drawn, rows = ParameterDigest(), [], {}
+    pending: list[Future[None]] = []
 
     def summarise_on_side(param: nn.Parameter) -> None:
         row = statistics.side_row(param)
@@ -171,101 +216,151 @@ def _drawn(
     def on_initialised(sub: nn.Module) -> None:
         for param in sub.parameters(recurse=False):
             drawn.append(id(param))  # twice if drawn again (tied weights): rehashed below
-            pending.append(side.submit(digest.update, names[id(param)], param))
+            pending.append(side.submit(digest.update, names[id(param)], param, cancel))
             if param.numel() > SIDE_STATISTICS_MIN_ELEMENTS:
                 pending.append(side.submit(summarise_on_side, param))
 
     generator = torch.Generator().manual_seed(plan.request.seed)
-    initialise(module, generator, on_initialised)
-    for future in pending:
-        future.result()  # in order; re-raises what failed on the side
+    try:
+        initialise(module, generator, on_initialised, cancel)
+        for future in pending:
+            future.result()  # in order; re-raises what failed on the side
+    except Cancelled:
+        for future in pending:  # the side thread is shared: leave it nothing of this build
+            future.cancel()
+        raise
     values = statistics.summarise([p for _, p in named], rows).stats
     if drawn != [id(p) for _, p in named]:  # shared or redrawn: hash the final values
-        return module, generator, hash_parameters(module), values
+        return module, generator, hash_parameters(module, cancel), values
     return module, generator, digest.hexdigest(), values
 
 
+def _check(cancel: threading.Event) -> None:
+    if cancel.is_set():
+        raise Cancelled
+
+
+def _free_elsewhere(exc: BaseException) -> None:
+    """Drop `exc`'s traceback, whose frames hold a half-built model, on a thread of its own:
+    freeing a large model takes a while the run's slot need not wait (docs/performance.md)."""
+    frames = [exc.__traceback__]
+    exc.__traceback__ = None
+    threading.Thread(target=frames.clear, name="gradiag-free").start()  # exit waits for it
+
+
 def build_initial(
-    plan: RunPlan, key: Hashable, statistics: Statistics, side: Executor
+    plan: RunPlan, key: bytes, statistics: Statistics, side: Executor, cancel: threading.Event
 ) -> InitialModel:
     """Seeded construction on the CPU, hashed and summarised there, then moved."""
-    module, generator, init_sha256, value_stats = _drawn(plan, statistics, side)
+    module, generator, init_sha256, value_stats = _drawn(plan, statistics, side, cancel)
     named = list(module.named_parameters())
+    _check(cancel)
     module = module.to(plan.device)
     layers = list(plan.kind.layers(module))
     owner = {id(p): name for name, layer in layers for p in layer.parameters()}
     capture = Capture(len(layers))
     for index, (_, layer) in enumerate(layers):
         layer.register_forward_hook(capture.hook(index))
+    dropouts = [m for m in module.modules() if isinstance(m, SeededDropout)]
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
     return InitialModel(
         key=key,
         module=module,
         init_sha256=init_sha256,
         value_stats=value_stats,
-        generator_state=generator.get_state(),
+        generator_state=generator.get_state() if dropouts else None,  # 5 KB where unused
         named_parameters=named,
         layers=layers,
         owners=[owner.get(id(p)) for _, p in named],
-        dropouts=[m for m in module.modules() if isinstance(m, SeededDropout)],
+        dropouts=dropouts,
         capture=capture,
-        buffers=[(b, b.detach().clone()) for b in module.buffers()],
-        nbytes=sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]),
+        buffers=buffers,
+        nbytes=footprint(module, len(layers), buffers),
     )
 
 
 class ModelCache:
-    """Idle initial models by key, least recently used evicted beyond `max_bytes`."""
+    """Idle initial models, a stack per key, keys in least recently used order; the least
+    recently used are evicted beyond `max_bytes` of footprint or `max_entries` models."""
 
-    def __init__(self, max_bytes: int, statistics: Statistics, side: Executor):
+    def __init__(self, max_bytes: int, max_entries: int, statistics: Statistics, side: Executor):
         self.max_bytes = max_bytes
+        self.max_entries = max_entries
         self.statistics = statistics
         self._side = side
-        self._idle: OrderedDict[int, InitialModel] = OrderedDict()
+        self._idle: OrderedDict[bytes, list[InitialModel]] = OrderedDict()
         self._lock = threading.Lock()
+        self._bytes = 0  # footprint of the idle models
+        self._entries = 0  # idle models
         self.hits = 0
         self.misses = 0
 
-    def checkout(self, plan: RunPlan) -> InitialModel:
+    def checkout(self, plan: RunPlan, cancel: threading.Event) -> InitialModel:
         """An idle model for this plan if one is cached (removed from the cache while
-        lent), else a new one."""
+        lent), else a new one; a build raises Cancelled soon after `cancel` is set."""
         key = cache_key(plan)
         with self._lock:
-            for token, model in self._idle.items():
-                if model.key == key:
-                    del self._idle[token]
-                    self.hits += 1
-                    break
-            else:
-                model = None
+            stack = self._idle.get(key)
+            model = self._take(key, stack) if stack else None
+            if model is None:
                 self.misses += 1
+            else:
+                self.hits += 1
         if model is None:
             self._make_room(_estimated_bytes(plan))
-            model = build_initial(plan, key, self.statistics, self._side)
+            try:
+                model = build_initial(plan, key, self.statistics, self._side, cancel)
+            except Cancelled as cancelled:
+                _free_elsewhere(cancelled)
+                raise Cancelled from None
         model.prepare(plan.request.mode == "train", plan.request.seed, plan.device)
         return model
 
     def checkin(self, model: InitialModel) -> None:
-        """Reset the model and keep it, unless it alone exceeds the budget."""
+        """Reset the model and keep it as the most recently used, unless it alone exceeds a
+        bound."""
         model.reset()
-        if model.nbytes > self.max_bytes:
+        if model.nbytes > self.max_bytes or self.max_entries == 0:
             return
         with self._lock:
-            self._idle[id(model)] = model
-            self._evict(0)
+            stack = self._idle.get(model.key)
+            if stack is None:
+                self._idle[model.key] = [model]
+            else:
+                stack.append(model)
+                self._idle.move_to_end(model.key)
+            self._bytes += model.nbytes
+            self._entries += 1
+            self._evict(0, 0)
+
+    def _take(self, key: bytes, stack: list[InitialModel]) -> InitialModel:
+        """Pop a model of `key` (its stack not empty); under the lock."""
+        model = stack.pop()
+        if not stack:
+            del self._idle[key]
+        self._bytes -= model.nbytes
+        self._entries -= 1
+        return model
 
     def _make_room(self, incoming: int) -> None:
         """Evict before building, so that the cache and the model being built together stay
-        within the budget (evicting after would hold both at the peak)."""
+        within the bounds (evicting after would hold both at the peak)."""
         with self._lock:
-            self._evict(incoming)
+            self._evict(incoming, 1)
 
-    def _evict(self, incoming: int) -> None:
-        """Least recently used first, until `incoming` more bytes fit; under the lock."""
-        held = sum(m.nbytes for m in self._idle.values())
-        while self._idle and held + incoming > self.max_bytes:
-            held -= self._idle.popitem(last=False)[1].nbytes
+    def _evict(self, incoming: int, entries: int) -> None:
+        """Least recently used first, until `incoming` more bytes and `entries` more models
+        fit; under the lock."""
+        while self._idle and (
+            self._bytes + incoming > self.max_bytes or self._entries + entries > self.max_entries
+        ):
+            key, stack = next(iter(self._idle.items()))
+            self._take(key, stack)
 
     @property
     def idle_bytes(self) -> int:
-        with self._lock:
-            return sum(m.nbytes for m in self._idle.values())
+        return self._bytes
+
+    @property
+    def idle_entries(self) -> int:
+        return self._entries

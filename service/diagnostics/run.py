@@ -1,8 +1,9 @@
 """One diagnostics run: build, forward, backward, statistics, verdicts.
 
-Runs on a worker thread, never on the event loop. `cancel` is checked at every reported layer
-of the forward pass and, for models big enough for it to matter, of the backward pass, so a
-run whose client left or whose deadline passed stops soon.
+Runs on a worker thread, never on the event loop. `cancel` is checked while a cold model is
+built (between draws), at every reported layer of the forward pass and, for models big enough
+for it to matter, of the backward pass, so a run whose client left or whose deadline passed
+stops soon.
 """
 
 import contextlib
@@ -129,7 +130,7 @@ def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> Diagnosti
     clock = _Clock(device)
     started = clock.last
     inputs, target = _inputs(plan, device)
-    model = models.checkout(plan)
+    model = models.checkout(plan, cancel)
     try:
         _check(cancel)
         clock.lap("build")

@@ -78,6 +78,8 @@ class CacheState(BaseModel):
     misses: int
     idle_bytes: int
     max_bytes: int
+    idle_entries: int
+    max_entries: int
 
 
 class Readiness(BaseModel):
@@ -157,6 +159,8 @@ async def readyz(runs: RunServiceDep, lifecycle: LifecycleDep) -> Readiness:
             misses=models.misses,
             idle_bytes=models.idle_bytes,
             max_bytes=models.max_bytes,
+            idle_entries=models.idle_entries,
+            max_entries=models.max_entries,
         )
     return Readiness(
         status="ready",
