@@ -21,7 +21,9 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
+from service import logs
 from service.api.problems import render
+from service.api.request_context import HEADER, accepted_id
 from service.config import Settings
 from service.errors import GradiagError, RequestTimeout, TooManyConnections
 from service.lifecycle import Lifecycle
@@ -132,9 +134,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def _answer(self, error: GradiagError) -> None:
         """Write the error's problem document and close: the request was never whole, so it
         never reached the app."""
-        response = render(error)
+        request_id = accepted_id(getattr(self, "headers", None) or [])
+        with logs.bound(request_id):
+            response = render(error)
         headers = [*self.server_state.default_headers, *response.raw_headers]
-        headers.append((b"connection", b"close"))
+        headers += [(b"connection", b"close"), (HEADER, request_id.encode())]
         head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(STATUS_LINE[response.status_code] + head + b"\r\n" + response.body)
         self.transport.close()
@@ -151,7 +155,11 @@ class GuardedProtocol(HttpToolsProtocol):
             headers={"Retry-After": "1", "Connection": "close"},
         )
         self.logger.warning("%s - 503 overloaded: %s", self._peer(), error.detail)
-        await render(error)(
+        request_id = accepted_id(list(cast(dict[str, Any], scope).get("headers", [])))
+        error.headers["X-Request-ID"] = request_id
+        with logs.bound(request_id):
+            response = render(error)
+        await response(
             cast(dict[str, Any], scope), cast(StarletteReceive, receive), cast(StarletteSend, send)
         )
 

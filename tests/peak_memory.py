@@ -28,7 +28,7 @@ def main(body: dict) -> None:
     )
     target = math.prod(plan.target_shape) if plan.target_shape else 0
     elements = math.prod(plan.input_shape) + target
-    estimate = peak_bytes(plan.model.estimate, elements, plan.dtype)
+    estimate = peak_bytes(plan.model, elements, plan.dtype)
     route = "/v1/diagnostics/compare" if "variants" in body else "/v1/diagnostics"
     with TestClient(create_app(settings)) as client:
         client.post("/v1/diagnostics", json=LESSON_REQUEST)  # start-up allocations first

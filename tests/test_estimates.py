@@ -154,20 +154,47 @@ WIDE = {
 }
 
 
+CONV7 = {
+    "model": {
+        "kind": "sequential",
+        "layers": [
+            {"type": "conv2d", "out_channels": 16, "kernel_size": 7, "padding": 3},
+            {"type": "relu"},
+            {"type": "flatten"},
+            {"type": "linear", "out_features": 1},
+        ],
+    },
+    "input": {"shape": [16, 8, 64, 64], "distribution": "normal"},
+    "loss": "sum",
+    "dtype": "float64",  # float64 convolutions unfold their input (im2col)
+}
+GPT_WIDE_VOCABULARY = {
+    "model": {"kind": "gpt", "preset": "gpt2-small", "n_layers": 2, "emb_dim": 128, "n_heads": 4},
+    "input": {"shape": [4, 256], "distribution": "randint", "low": 0, "high": 50257},
+    "target": {"shape": [4, 256], "distribution": "randint", "low": 0, "high": 50257},
+    "loss": "cross_entropy",
+}
+MEMORY_CASES = {
+    "float32": WIDE,
+    "float64": {**WIDE, "dtype": "float64"},
+    "bfloat16": {**WIDE, "dtype": "bfloat16"},
+    # Variants run one at a time: four of them peak as one does.
+    "compare_of_4": {"base": WIDE, "variants": {f"v{i}": {"seed": i} for i in range(4)}},
+    "gpt_logits": GPT_WIDE_VOCABULARY,
+    "conv_im2col": CONV7,
+    "activations": {**WIDE, "model": {**WIDE["model"], "layer_sizes": [512] * 9},
+                    "input": {"shape": [4096, 512], "distribution": "normal"}},
+    "sequential": {**WIDE, "model": {"kind": "sequential",
+                                     "layers": [{"type": "linear", "out_features": 1024}] * 6},
+                   "input": {"shape": [4096, 512], "distribution": "normal"}},
+}  # fmt: skip
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "body",
-    [
-        WIDE,
-        {**WIDE, "dtype": "float64"},
-        {**WIDE, "dtype": "bfloat16"},
-        # Variants run one at a time: four of them peak as one does.
-        {"base": WIDE, "variants": {f"v{i}": {"seed": i} for i in range(4)}},
-    ],
-    ids=["float32", "float64", "bfloat16", "compare_of_4"],
-)
+@pytest.mark.parametrize("body", MEMORY_CASES.values(), ids=MEMORY_CASES.keys())
 def test_the_memory_estimate_bounds_the_measured_peak(body):
     measured = _measured_peak(body)
     assert measured["status"] == 200
-    # An estimate, not an accounting: above the peak, and not by more than a third.
-    assert 0.75 * measured["estimate"] <= measured["grown"] <= measured["estimate"], measured
+    # An estimate, not an accounting: never below the peak; up to 3x above it (convolutions
+    # that do not unfold, activations freed early).
+    assert measured["estimate"] / 3 <= measured["grown"] <= measured["estimate"], measured

@@ -88,6 +88,7 @@ def test_half_sent_body_gets_a_408_and_the_connection_closes(server):
     with connect(server) as sock:
         sock.sendall(
             b"POST /v1/diagnostics HTTP/1.1\r\nHost: gradiag\r\nContent-Type: application/json\r\n"
+            b"X-Request-ID: slow-1\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body[: len(body) // 2])
         )
         started = time.monotonic()
@@ -96,6 +97,7 @@ def test_half_sent_body_gets_a_408_and_the_connection_closes(server):
     status, headers, problem = problem_of(response)
     assert status == 408 and headers["connection"] == "close"
     assert problem["code"] == "request_timeout" and "body" in str(problem["detail"])
+    assert headers["x-request-id"] == problem["request_id"] == "slow-1"
     assert BODY_S - 0.1 <= elapsed <= BODY_S + SLACK_S, elapsed
 
 
@@ -168,6 +170,7 @@ def test_beyond_the_connection_cap_requests_get_503_until_the_idle_ones_are_clos
             status, headers, problem = problem_of(read_until_closed(sock))
         assert status == 503 and problem["code"] == "overloaded"
         assert headers["retry-after"] == "1" and headers["connection"] == "close"
+        assert headers["x-request-id"] == problem["request_id"]
         # The header deadline closes the idle ones, and the cap has room again.
         started = time.monotonic()
         while httpx.get(f"{server.url}/healthz", timeout=5).status_code != 200:

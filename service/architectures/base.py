@@ -17,9 +17,11 @@ class Estimate:
     """Costs predicted from a spec and an input shape, before anything is allocated."""
 
     parameters: int = 0
-    activation_elements: int = 0
+    activation_elements: int = 0  # saved for the backward pass
     flops: int = 0
     layers: int = 0
+    output_elements: int = 0  # of the layers' outputs, whose gradients a run retains
+    workspace_elements: int = 0  # the largest transient of any one layer (im2col, scores)
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(
@@ -27,6 +29,19 @@ class Estimate:
             self.activation_elements + other.activation_elements,
             self.flops + other.flops,
             self.layers + other.layers,
+            self.output_elements + other.output_elements,
+            max(self.workspace_elements, other.workspace_elements),
+        )
+
+    def __mul__(self, times: int) -> "Estimate":
+        """`times` such layers one after the other."""
+        return Estimate(
+            self.parameters * times,
+            self.activation_elements * times,
+            self.flops * times,
+            self.layers * times,
+            self.output_elements * times,
+            self.workspace_elements,
         )
 
 

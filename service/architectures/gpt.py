@@ -38,12 +38,7 @@ def signature(spec: GPTSpec, input_shape: Shape, loc: Loc) -> ModelSignature:
         6 * batch * tokens * emb * vocab,
         0,
     )
-    blocks = Estimate(
-        block.parameters * cfg["n_layers"],
-        block.activation_elements * cfg["n_layers"],
-        block.flops * cfg["n_layers"],
-        cfg["n_layers"],
-    )
+    blocks = (block + Estimate(output_elements=batch * tokens * emb)) * cfg["n_layers"]
     estimate = embeddings + blocks + head
     output = (batch, tokens, vocab)
     return ModelSignature("int", output, estimate, input_classes=vocab)

@@ -108,7 +108,10 @@ def _conv_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
     out = (shape[0], spec.out_channels, *sizes)
     params = spec.out_channels * c_in * k + (spec.out_channels if spec.bias else 0)
     flops = 6 * math.prod(out) * c_in * k
-    return out, Estimate(params, math.prod(out) + math.prod(shape), flops, 1)
+    # The unfolded input (im2col) of the non-oneDNN paths, and its gradient.
+    columns = 2 * math.prod(out) // spec.out_channels * c_in * k
+    estimate = Estimate(params, math.prod(out) + math.prod(shape), flops, 1)
+    return out, estimate + Estimate(workspace_elements=columns)
 
 
 def _conv_build(spec: Any, shape: Shape) -> nn.Module:
@@ -148,6 +151,7 @@ def attention_estimate(shape: Shape, heads: int, qkv_bias: bool, ff_mult: int = 
     params = 3 * d * d + (3 * d if qkv_bias else 0) + d * d + d
     flops = 3 * (2 * n * t * 4 * d * d + 4 * n * t * t * d)
     saved = 3 * n * heads * t * t + 8 * n * t * d
+    scores_grads = 3 * n * heads * t * t  # the backward pass's gradients of scores and weights
     if ff_mult:
         hidden = ff_mult * d
         params += 2 * d * hidden + hidden + d + 4 * d
@@ -155,7 +159,7 @@ def attention_estimate(shape: Shape, heads: int, qkv_bias: bool, ff_mult: int = 
         # Per hidden element: the first linear's output, the GELU's and what the GELU keeps.
         per_hidden = 2 + ACTIVATIONS["gelu_tanh"].saved
         saved += per_hidden * n * t * hidden + 6 * n * t * d
-    return Estimate(params, saved, flops, 1)
+    return Estimate(params, saved, flops, 1, workspace_elements=scores_grads)
 
 
 def _attention_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
@@ -259,7 +263,7 @@ def infer_layers(layers: Sequence[Any], shape: Shape, loc: Loc) -> tuple[Shape, 
     total = Estimate()
     for index, spec in enumerate(layers):
         shape, estimate = LAYER_TYPES[spec.type].infer(spec, shape, (*loc, index))
-        total = total + estimate
+        total = total + estimate + Estimate(output_elements=math.prod(shape))
     return shape, total
 
 

@@ -58,6 +58,7 @@ def signature(spec: MLPSpec, input_shape: Shape, loc: Loc) -> ModelSignature:
         activation_elements=rows * (sizes[0] + saved * sum(sizes[1:])),
         flops=6 * rows * weights,
         layers=len(sizes) - 1,
+        output_elements=rows * sum(sizes[1:]),
     )
     return ModelSignature("float", (*input_shape[:-1], sizes[-1]), estimate)
 

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
+from service.architectures.base import ModelKind, ModelSignature, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
 from service.diagnostics.tensors import DTYPES, LiteralChecks, probe_shape
@@ -77,31 +77,43 @@ def _check_generated_ids(payload: Any, classes: int | None, loc: Loc, what: str)
 # The statistics widen a chunk of 2**20 elements to float64 at a time (stats/reference.py),
 # with a few temporaries of its size.
 STATISTICS_SCRATCH_BYTES = 4 * 8 * (1 << 20)
+# The allocator's overhead and the small temporaries of backward kernels (measured: up to
+# 4 % beyond the terms of `peak_bytes`, docs/performance.md).
+HEADROOM = 1.1
 
 
-def peak_bytes(estimate: Estimate, elements: int, dtype: str) -> int:
+def peak_bytes(model: ModelSignature, elements: int, dtype: str) -> int:
     """A run's peak memory: weights and their gradients, the activations saved for the
-    backward pass, input and target, in the run's dtype, and the statistics' scratch. A
-    model in another dtype than float32 is drawn in float32 and cast, so that its build
-    holds both copies for a moment; bfloat16 runs are counted at float32's size, as the
-    CPU's kernels compute them (docs/performance.md has the measurements). A request's
-    runs execute one at a time per process, so this is also a compare's or a sweep's peak:
-    the largest of its runs'."""
-    size = DTYPES[dtype].itemsize
+    backward pass, the layers' outputs' retained gradients, the loss's two output-sized
+    gradients, the largest transient of one layer (im2col, attention scores), input and
+    target, in the run's dtype, and the statistics' scratch. A model in another dtype than
+    float32 is drawn in float32 and cast, so that its build holds both copies for a moment;
+    bfloat16 runs are counted at float32's size, as the CPU's kernels compute them
+    (docs/performance.md has the measurements). A request's runs execute one at a time per
+    process, so this is also a compare's or a sweep's peak: the largest of its runs'."""
+    estimate, size = model.estimate, DTYPES[dtype].itemsize
     build = estimate.parameters * (4 + size if size != 4 else size)
-    run = (2 * estimate.parameters + estimate.activation_elements + elements) * max(size, 4)
-    return max(build, run) + STATISTICS_SCRATCH_BYTES
+    tensors = (
+        2 * estimate.parameters
+        + estimate.activation_elements
+        + estimate.output_elements
+        + 2 * math.prod(model.output_shape)
+        + estimate.workspace_elements
+        + elements
+    )
+    return int(max(build, tensors * max(size, 4)) * HEADROOM) + STATISTICS_SCRATCH_BYTES
 
 
-def check_budget(estimate: Estimate, elements: int, dtype: str, limits: Limits) -> None:
+def check_budget(model: ModelSignature, elements: int, dtype: str, limits: Limits) -> None:
     """Refuse with the estimate and the limits when any estimate exceeds its limit."""
+    estimate = model.estimate
     pairs = {
         "parameters": (estimate.parameters, limits.max_parameters),
         "activation_elements": (estimate.activation_elements, limits.max_activation_elements),
         "flops": (estimate.flops, limits.max_flops),
         "layers": (estimate.layers, limits.max_layers),
         "input_elements": (elements, limits.max_input_elements),
-        "memory_bytes": (peak_bytes(estimate, elements, dtype), limits.max_memory_bytes),
+        "memory_bytes": (peak_bytes(model, elements, dtype), limits.max_memory_bytes),
     }
     over = [name for name, (value, limit) in pairs.items() if value > limit]
     if over:
@@ -147,7 +159,7 @@ def plan_run(
         _check_generated_ids(request.target, classes, (*loc, "target"), "class id")
     elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
     dtype = request.dtype or default_dtype
-    check_budget(model.estimate, elements, dtype, limits)
+    check_budget(model, elements, dtype, limits)
     integers = model.input_kind == "int"
     literals.check(request.input, input_shape, integers, dtype, (*loc, "input"), "token id")
     if target_shape is not None:

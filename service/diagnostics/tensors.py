@@ -113,10 +113,12 @@ def check_literal(
 class LiteralChecks:
     """Nested-list payloads checked (and converted) within one request, by identity: a
     compare's variants and a sweep's points share the base's input and target, which are
-    checked and converted once."""
+    checked once, and converted once and kept while the request's runs go on (a payload
+    only one run uses is not kept)."""
 
     def __init__(self) -> None:
         self._checked: dict[tuple[int, Shape, bool, str], list[Any]] = {}
+        self._uses: dict[int, int] = {}  # runs checked with each payload
         self._tensors: dict[tuple[int, bool, torch.dtype], tuple[list[Any], torch.Tensor]] = {}
         self._lock = threading.Lock()  # a job's runs may convert on several threads
 
@@ -132,6 +134,7 @@ class LiteralChecks:
     ) -> None:
         if not isinstance(payload, list):
             return
+        self._uses[id(payload)] = self._uses.get(id(payload), 0) + 1
         key = (id(payload), shape, integers, dtype)
         if key not in self._checked:
             check_literal(payload, shape, integers, dtype, loc, ids, note)
@@ -147,8 +150,8 @@ class LiteralChecks:
         ids: str = "id",
         note: str = "",
     ) -> torch.Tensor:
-        """`tensor_from_payload`, once per nested list (runs only read their inputs)."""
-        if not isinstance(payload, list):
+        """`tensor_from_payload`, once per nested list shared by runs (they only read it)."""
+        if not isinstance(payload, list) or self._uses.get(id(payload), 0) < 2:
             return tensor_from_payload(payload, shape, integers, dtype, loc, ids, note)
         key = (id(payload), integers, dtype)
         with self._lock:

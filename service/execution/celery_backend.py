@@ -124,17 +124,22 @@ class CeleryBackend:
     async def wait_s(self, spec: JobSpec, load: Load) -> float:
         """The runs that must leave the queues for this job to fit, at the median run time
         the workers recorded (the upper bound of its bucket), over the live workers."""
-        metrics = await self.metrics()
-        below: dict[float, float] = {}  # runs recorded at or under each bucket's bound
-        for histogram, _ in metrics.run_seconds.values():
-            for bound, count in histogram:
-                below[float(bound)] = below.get(float(bound), 0.0) + count
-        total = below.get(float("inf"), 0.0)
-        longest = RUN_SECONDS_BUCKETS[-2]  # past it, a run counts as that long
-        median = next((b for b, n in sorted(below.items()) if 2 * n >= total > 0), 1.0)
-        median = min(median, longest)
+        async with _broker():
+            observed: dict[str, str] = await self._redis.hgetall(keys.RUN_SECONDS)  # type: ignore[assignment]
+        workers: int = (await self.describe())["workers"]
+        counts: dict[float, int] = {}  # runs recorded in each bucket, by its upper bound
+        for name, value in observed.items():
+            label = name.rpartition("|")[2]
+            if label != "sum":
+                counts[float(label)] = counts.get(float(label), 0) + int(value)
+        total, seen, median = sum(counts.values()), 0, 1.0
+        for upper in sorted(counts):
+            seen += counts[upper]
+            if 2 * seen >= total:
+                median = min(upper, RUN_SECONDS_BUCKETS[-2])  # past the last bound: that long
+                break
         excess = load.pending + load.cost - load.capacity
-        return excess * median / max(1, metrics.workers)
+        return excess * median / max(1, workers)
 
     def _queue(self, unit: Any) -> str:
         estimate = unit.plan.model.estimate.flops

@@ -186,7 +186,8 @@ class WorkerState:
         pieces = [orjson.loads(stored[str(i)]) for i in range(len(message["labels"]))]
         result = combine(message["kind"], labels, pieces)
         self.settle(job_id, "succeeded", result=result)
-        self.redis.delete(keys.pieces_key(job_id))
+        self.redis.delete(keys.pieces_key(job_id), keys.tensors_key(job_id))
+        self._job_tensors = None  # the job is done: its shared tensors are not needed here
 
     def _observe(self, kind: str, device: str, seconds: float) -> None:
         bound = bucket(seconds)

@@ -4,6 +4,7 @@ kept in memory, bounded in bytes and in time."""
 import asyncio
 import contextlib
 import contextvars
+import heapq
 import logging
 import threading
 import time
@@ -47,6 +48,8 @@ class _Entry:
     finished_at: float = 0.0
     released: bool = False  # its admission slot is free again
     deadline: asyncio.TimerHandle | None = None
+    flops: int = 0  # estimated, of all its runs
+    running_since: float | None = None  # time.monotonic() when a run thread took it
 
 
 class InProcessBackend:
@@ -62,7 +65,7 @@ class InProcessBackend:
         self._done: OrderedDict[str, None] = OrderedDict()  # finished jobs, oldest first
         self._keys: dict[tuple[str, str], str] = {}  # (owner, idempotency key) -> job id
         self._in_flight = 0
-        self._flops: dict[str, int] = {}  # estimated FLOPs of each job in flight, oldest first
+        self._ahead: dict[str, _Entry] = {}  # jobs in flight, oldest first
         self._finished: deque[tuple[int, float]] = deque(maxlen=32)  # (FLOPs, seconds)
         self._kept_bytes = 0
         self._states: dict[str, int] = {}
@@ -93,13 +96,25 @@ class InProcessBackend:
         return Load(self._in_flight, capacity, 1)
 
     async def wait_s(self, spec: JobSpec, load: Load) -> float:
-        """The expected time of the oldest jobs in flight that must end for one more to fit:
-        each job's FLOPs at the best rate recently measured, plus the shortest recent job's
-        time for what does not scale with FLOPs; spread over the run threads."""
+        """When the jobs in flight that must end for one more to fit are expected to have
+        ended: each job takes its FLOPs at the best rate recently measured plus the shortest
+        recent job's time, less what a running job has done; queued jobs take the run
+        threads in order as they free up."""
         rate = max((f / s for f, s in self._finished if s > 0), default=PRIOR_FLOPS_PER_S)
         overhead = min((s for _, s in self._finished), default=0.0)
-        ahead = list(self._flops.values())[: load.pending + load.cost - load.capacity]
-        return sum(overhead + flops / rate for flops in ahead) / self._settings.concurrency
+        now = time.monotonic()
+        expected = {i: overhead + e.flops / rate for i, e in self._ahead.items()}
+        since = {i: e.running_since for i, e in self._ahead.items() if e.running_since is not None}
+        ends = [max(0.0, expected[i] - (now - started)) for i, started in since.items()]
+        free = sorted(ends) + [0.0] * max(0, self._settings.concurrency - len(since))
+        heapq.heapify(free)
+        for job_id in self._ahead:
+            if job_id not in since:
+                end = heapq.heappop(free) + expected[job_id]
+                ends.append(end)
+                heapq.heappush(free, end)
+        excess = load.pending + load.cost - load.capacity
+        return sorted(ends)[min(excess, len(ends)) - 1] if ends else 0.0
 
     async def describe(self) -> dict[str, Any]:
         return {"name": "inprocess", "in_flight": self._in_flight, "jobs_kept": len(self._jobs)}
@@ -135,7 +150,8 @@ class InProcessBackend:
         self._jobs[spec.id] = entry
         self._count("queued")
         self._in_flight += 1
-        self._flops[spec.id] = sum(unit.plan.model.estimate.flops for unit in spec.units)
+        entry.flops = sum(unit.plan.model.estimate.flops for unit in spec.units)
+        self._ahead[spec.id] = entry
         entry.deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
         # The run thread logs under the request that submitted the job (service.logs).
         context = contextvars.copy_context()
@@ -183,7 +199,6 @@ class InProcessBackend:
     def _execute(self, runtime: Runtime, spec: JobSpec, entry: _Entry) -> None:
         """Runs the job and hands the outcome to the loop in one call (`_finish`); the start
         is one more, so that a GET sees the job running."""
-        started = time.perf_counter()
         runs: list[tuple[str, float]] = []  # (device, seconds) per run, for the metrics
         status, result = "failed", None
         error: dict[str, Any] | None = _ended()
@@ -211,9 +226,6 @@ class InProcessBackend:
             logger.exception("job %s failed", entry.job["id"])
             error = GradiagError("an unexpected error occurred").problem()
         finally:
-            if status == "succeeded":  # a job that ended early says nothing of the rate
-                flops = sum(unit.plan.model.estimate.flops for unit in spec.units)
-                self._finished.append((flops, time.perf_counter() - started))
             self._call_soon(self._finish, entry, status, result, error, runs)
 
     def _call_soon(self, callback: Any, *args: Any) -> None:
@@ -228,6 +240,7 @@ class InProcessBackend:
             return
         entry.job["status"] = "running"
         entry.job["started_at"] = now()
+        entry.running_since = time.monotonic()
         self._running += 1
         self._count("running")
 
@@ -245,6 +258,8 @@ class InProcessBackend:
         self._release(entry)
         if entry.deadline is not None:
             entry.deadline.cancel()
+        if status == "succeeded":  # a job that ended early says nothing of the rate
+            self._finished.append((entry.flops, sum(seconds for _, seconds in runs)))
         for device, seconds in runs:
             key = (entry.job["kind"], device)
             bound = bucket(seconds)
@@ -276,7 +291,7 @@ class InProcessBackend:
             return
         entry.released = True
         self._in_flight -= 1
-        self._flops.pop(entry.job["id"], None)
+        self._ahead.pop(entry.job["id"], None)
         self._expire()
 
     def _time_out(self, entry: _Entry) -> None:
