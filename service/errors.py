@@ -5,6 +5,7 @@ Domain and execution code raise these; the transport renders each as an RFC 9457
 is the HTTP status the transport will use, `code` the stable machine-readable name.
 """
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -68,10 +69,16 @@ _INT64 = 2**63
 
 # A problem echoes at most this much of what the client sent (a key, a value in a message).
 MAX_DETAIL_CHARS, MAX_MSG_CHARS, MAX_KEY_CHARS, MAX_ERRORS = 2000, 2000, 64, 50
+MAX_LOC_PARTS = 32  # a location deeper than this keeps its first 8 and last 23 parts
 
 
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def _short_loc(loc: list[Any]) -> list[Any]:
+    parts = [_short(p, MAX_KEY_CHARS) if isinstance(p, str) else p for p in loc]
+    return parts if len(parts) <= MAX_LOC_PARTS else [*parts[:8], "…", *parts[-23:]]
 
 
 def bounded(document: dict[str, Any]) -> dict[str, Any]:
@@ -81,9 +88,7 @@ def bounded(document: dict[str, Any]) -> dict[str, Any]:
     kept = [
         {
             **error,
-            "loc": [
-                _short(p, MAX_KEY_CHARS) if isinstance(p, str) else p for p in error.get("loc", [])
-            ],
+            "loc": _short_loc(error.get("loc", [])),
             "msg": _short(str(error.get("msg", "")), MAX_MSG_CHARS),
         }
         for error in errors[:MAX_ERRORS]
@@ -198,6 +203,12 @@ class JobFailed(GradiagError):
 
 class Cancelled(Exception):
     """A run stopped early because its client left or its deadline passed."""
+
+
+def raise_if_cancelled(cancel: threading.Event | None) -> None:
+    """The one cancellation point: builds, passes and hooks call it between steps."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled
 
 
 class ClientClosed(GradiagError):

@@ -147,8 +147,8 @@ class RunService:
                 raise _at_axis_values(error, request, choice, root) from None
         self._check_total(plans, "sweep runs")
         labels = run_labels(request.axes, [choice for choice, _ in points])
-        pairs = enumerate(zip(labels, plans, strict=True))
-        return [RunUnit(i, label, plan) for i, (label, plan) in pairs]
+        numbered = enumerate(zip(labels, plans, strict=True))
+        return [RunUnit(i, label, plan) for i, (label, plan) in numbered]
 
     def check_job(self, job: JobRequest, owner: str, root: Loc = BODY) -> JobSpec:
         """The job's runs, each checked; a bad request is refused as its route refuses it,
@@ -169,14 +169,21 @@ class RunService:
         idempotency: Idempotency | None = None,
         root: Loc = BODY,
         large: bool = False,
+        deadline: float | None = None,
     ) -> tuple[Job, bool]:
         """Check, admit and start a job; (the job, whether the key replayed an existing one).
         A `large` job (a big body, or several runs) is checked on a thread: pure Python over
-        many numbers, during which the event loop keeps answering."""
+        many numbers, during which the event loop keeps answering. Past `deadline` (a
+        `time.monotonic()`) once checked, nothing is started: 504."""
         if large or not isinstance(job.request, DiagnosticsRequest):
             spec = await asyncio.to_thread(self.check_job, job, owner, root)
         else:
             spec = self.check_job(job, owner, root)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Timeout(
+                f"no answer within {self.settings.request_timeout_s:g} s: the deadline passed "
+                "while the request was received and checked; nothing was started"
+            )
         logs.annotate(
             model_kind=_joined(unit.plan.request.model.kind for unit in spec.units),
             device=_joined(unit.plan.device for unit in spec.units),
@@ -210,7 +217,7 @@ class RunService:
         request's deadline (counted from `arrived`, a `time.monotonic()`, where given) a 504
         that names the job, which goes on. A client that leaves cancels its job."""
         deadline = (arrived or time.monotonic()) + self.settings.request_timeout_s
-        submitted, _ = await self.submit(job, owner, large=large)
+        submitted, _ = await self.submit(job, owner, large=large, deadline=deadline)
         job_id = submitted["id"]
         try:
             remaining = max(0.0, deadline - time.monotonic())

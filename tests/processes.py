@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -108,7 +109,7 @@ class Serve:
     """`gradiag serve` in a subprocess on 127.0.0.1 and a free port, started with the given
     GRADIAG_* settings, on the CPU; a context manager too (ready on entry, killed on exit)."""
 
-    def __init__(self, *args: str, **settings: object):
+    def __init__(self, *args: str, stderr: Any = None, **settings: object):
         env = {**os.environ, "GRADIAG_DEVICE": "cpu", "GRADIAG_TORCH_THREADS": "1",
                "GRADIAG_GC_FREEZE": "false"}  # fmt: skip
         env.update({f"GRADIAG_{k.upper()}": str(v) for k, v in settings.items()})
@@ -116,7 +117,9 @@ class Serve:
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--log-level", "warning", *args]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, start_new_session=True, stderr=stderr
+        )
 
     def wait_ready(self, limit_s: float = 90) -> "Serve":
         """Until /readyz answers 200."""

@@ -101,6 +101,7 @@ BIG_BUILD = {
 }
 
 
+@pytest.mark.slow
 def test_a_deadline_cancels_a_build_and_frees_the_slot(make_client):
     client = make_client(concurrency=1, request_timeout_s=1.0, job_timeout_s=1.0)
     gc.disable()  # see above: a full collection during the lesson would exceed its deadline

@@ -148,8 +148,7 @@ def rss() -> int:
 
 @pytest.mark.slow  # 20,000 builds: 60-90 s on a 2-core machine
 def test_distinct_seeds_grow_memory_by_at_most_the_budget(make_cache):
-    # Before the footprint was measured, 15,000 seeds grew the process by 1 GB: the cache
-    # counted 208 bytes a lesson where the process paid about 60 KB (docs/performance.md).
+    # The cache counted parameters only, far below what an entry costs (docs/performance.md).
     budget, entries, cancel = 8 << 20, 1024, threading.Event()
     warm = make_cache(0, 0)  # code paths, allocator pools and kernel, outside the budget
     for seed in range(10**6, 10**6 + 20):
@@ -161,6 +160,5 @@ def test_distinct_seeds_grow_memory_by_at_most_the_budget(make_cache):
     gc.collect()
     assert cache.misses == 20_000
     assert cache.idle_bytes <= budget and cache.idle_entries <= entries
-    # The slack covers the allocator's fragmentation and rounding; measured growth was
-    # 7.5 MB. Counting parameters alone would have kept all 20,000 lessons (1.2 GB).
+    # The slack covers the allocator's fragmentation and rounding.
     assert rss() - before <= budget + (4 << 20)

@@ -6,10 +6,7 @@ import http.client
 import io
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from service import logs
 from service.main import create_app
 from service.schemas.requests import LESSON_REQUEST
 from tests.conftest import make_settings
-from tests.processes import free_port
+from tests.processes import Serve, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "/v1/diagnostics"
@@ -203,27 +200,17 @@ def test_a_response_cut_short_ends_its_connection(serve_logged, failing_app, cap
 def test_gradiag_serve_writes_json_lines(tmp_path):
     """`gradiag serve` with GRADIAG_LOG_FORMAT=json: JSON lines on stderr, the service's
     access line per request and not uvicorn's."""
-    port = free_port()
-    env = {**os.environ, "GRADIAG_DEVICE": "cpu", "GRADIAG_LOG_FORMAT": "json"}
     stderr = (tmp_path / "stderr").open("w+")
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr)
+    live = Serve("--log-level", "info", stderr=stderr, log_format="json", drain_s=0)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "gradiag serve did not start"
-            time.sleep(0.1)
-        answer = httpx.post(f"{url}{URL}", json=LESSON_REQUEST, headers={"X-Request-ID": "s-1"})
+        live.wait_ready()
+        answer = httpx.post(
+            f"{live.url}{URL}", json=LESSON_REQUEST, headers={"X-Request-ID": "s-1"}
+        )
         assert answer.status_code == 200
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        live.process.terminate()
+        live.process.wait(timeout=30)
     stderr.seek(0)
     lines = [json.loads(line) for line in stderr.read().splitlines()]  # every line is JSON
     access = [line for line in lines if line["logger"] == "gradiag.access"]

@@ -9,6 +9,7 @@ A build can be cancelled: `initialise` checks its event before each submodule an
 the chunks of a large tensor's draw (docs/performance.md, "Cancelling a build").
 """
 
+import functools
 import math
 import threading
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import init
 
-from service.errors import Cancelled
+from service.errors import raise_if_cancelled
 
 # Elements drawn between two cancellation checks: a multiple of 16, since normal_ transforms
 # blocks of 16 drawn numbers, so that chunks draw exactly what one call would.
@@ -105,11 +106,7 @@ def initialise(
     """Initialise every submodule in construction (registration) order; `on_initialised`
     sees each submodule once its own parameters hold their final values. Raises Cancelled
     soon after `cancel` is set."""
-
-    def check() -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled
-
+    check = functools.partial(raise_if_cancelled, cancel)
     for sub in module.modules():
         check()
         if isinstance(sub, SeededInit):

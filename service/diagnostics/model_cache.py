@@ -23,7 +23,7 @@ from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.stats import Statistics
 from service.diagnostics.tensors import DTYPES
-from service.errors import Cancelled
+from service.errors import Cancelled, raise_if_cancelled
 from service.schemas.reports import Stats
 
 # Parameters summarised on the side thread as they are drawn have more elements than this;
@@ -55,8 +55,7 @@ class ParameterDigest:
         tensor = param.detach().cpu().contiguous().reshape(-1)
         data = tensor.view(torch.uint8).numpy().data
         for start in range(0, len(data), HASH_CHUNK):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled
+            raise_if_cancelled(cancel)
             self._digest.update(data[start : start + HASH_CHUNK])  # releases the GIL
 
     def hexdigest(self) -> str:
@@ -90,8 +89,7 @@ class Capture:
         self.cancel = None
 
     def check(self, *_: object) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled
+        raise_if_cancelled(self.cancel)
 
     def hook(self, index: int) -> Callable[[nn.Module, Any, Any], None]:
         def keep_output(module: nn.Module, args: Any, output: Any) -> None:
@@ -198,7 +196,7 @@ def _drawn(
     dtype = DTYPES[plan.dtype]
     if dtype != torch.float32:
         module, generator = build_seeded(factory, plan.request.seed, cancel=cancel)
-        _check(cancel)
+        raise_if_cancelled(cancel)
         module = module.to(dtype=dtype)
         values = statistics.summarise(list(module.parameters())).stats
         return module, generator, hash_parameters(module, cancel), values
@@ -235,11 +233,6 @@ def _drawn(
     return module, generator, digest.hexdigest(), values
 
 
-def _check(cancel: threading.Event) -> None:
-    if cancel.is_set():
-        raise Cancelled
-
-
 def _free_elsewhere(exc: BaseException) -> None:
     """Drop `exc`'s traceback, whose frames hold a half-built model, on a thread of its own:
     freeing a large model takes a while the run's slot need not wait (docs/performance.md)."""
@@ -254,7 +247,7 @@ def build_initial(
     """Seeded construction on the CPU, hashed and summarised there, then moved."""
     module, generator, init_sha256, value_stats = _drawn(plan, statistics, side, cancel)
     named = list(module.named_parameters())
-    _check(cancel)
+    raise_if_cancelled(cancel)
     module = module.to(plan.device)
     layers = list(plan.kind.layers(module))
     owner = {id(p): name for name, layer in layers for p in layer.parameters()}

@@ -28,15 +28,10 @@ from service.diagnostics.report import (
 from service.diagnostics.stats import Statistics
 from service.diagnostics.tensors import DTYPES
 from service.diagnostics.verdicts import judge
-from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch
+from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch, raise_if_cancelled
 from service.schemas.reports import DiagnosticsReport, LayerReport, Stats, Timing
 
 logger = logging.getLogger("gradiag")
-
-
-def _check(cancel: threading.Event) -> None:
-    if cancel.is_set():
-        raise Cancelled
 
 
 # Below this many estimated FLOPs a backward pass takes milliseconds: no need to make it
@@ -132,7 +127,7 @@ def run(plan: RunPlan, cancel: threading.Event, models: ModelCache) -> Diagnosti
     inputs, target = _inputs(plan, device)
     model = models.checkout(plan, cancel)
     try:
-        _check(cancel)
+        raise_if_cancelled(cancel)
         clock.lap("build")
         return _diagnose(plan, model, inputs, target, cancel, clock, started, models.statistics)
     finally:
@@ -159,7 +154,7 @@ def _diagnose(
         # `backward` rather than `autograd.grad(...)`: on the CPU the latter took twice as
         # long for gpt2-small, the gradients being the same.
         torch.autograd.backward(loss)
-        _check(cancel)
+        raise_if_cancelled(cancel)
         clock.lap("backward")
 
     outputs = model.capture.outputs

@@ -10,10 +10,9 @@ import orjson
 
 from service.errors import InvalidRequest, Loc
 from service.schemas.reports import DiagnosticsReport, Stats
-from service.schemas.sweeps import MeanStd, SeedGroup, SweepReport, SweepRun
+from service.schemas.sweeps import SMALL_VALUE_BYTES, MeanStd, SeedGroup, SweepReport, SweepRun
 
 SEED_AXIS = "seed"
-SMALL_VALUE_BYTES = 256  # axis values up to this much JSON are repeated in each run
 
 
 def path_keys(path: str) -> tuple[str | int, ...]:

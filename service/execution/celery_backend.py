@@ -161,10 +161,10 @@ class CeleryBackend:
                 "labels": labels,
                 "deadline_at": deadline_at,
             }
-            shared: dict[int, str] = {}
+            shared_keys: dict[int, str] = {}
             tensors: dict[str, bytes] = {}
             if len(spec.units) > 1:  # on a thread: dumping big tensors is pure Python
-                shared, tensors = await asyncio.to_thread(shared_tensors, spec.units)
+                shared_keys, tensors = await asyncio.to_thread(shared_tensors, spec.units)
             pipe = self._redis.pipeline()
             fields: Any = keys.new_job_fields(job, meta)
             pipe.hset(keys.job_key(spec.id), mapping=fields)
@@ -182,7 +182,7 @@ class CeleryBackend:
                 "request_id": logs.request_id(),  # for the worker's log lines
             }
             try:
-                await asyncio.to_thread(self._publish, spec, shared, common)
+                await asyncio.to_thread(self._publish, spec, shared_keys, common)
             except Exception:
                 # Not published (or not all of it): the job ends, and its key is free again.
                 await self._redis.delete(keys.job_key(spec.id), keys.tensors_key(spec.id))
@@ -210,13 +210,13 @@ class CeleryBackend:
             return await self._claim(spec, idempotency, ttl)
         return job
 
-    def _publish(self, spec: JobSpec, shared: dict[int, str], common: dict[str, Any]) -> None:
+    def _publish(self, spec: JobSpec, shared_keys: dict[int, str], common: dict[str, Any]) -> None:
         """Blocking: kombu's producer. One task per run, so N workers run a sweep N-wide."""
         limit = int(self._settings.job_timeout_s) + HARD_LIMIT_GRACE_S
         # A pooled producer: a connection (and its declared queues) per publish cost 10 ms.
         with self._celery.producer_pool.acquire(block=True, timeout=REDIS_TIMEOUT_S) as producer:
             for unit in spec.units:
-                message, queue = {**unit.message(shared), **common}, self._queue(unit)
+                message, queue = {**unit.message(shared_keys), **common}, self._queue(unit)
                 self._celery.send_task(
                     RUN_TASK,
                     args=[message],

@@ -115,8 +115,8 @@ class WorkerState:
     def _execute(self, message: dict[str, Any]) -> Any:
         runtime = self.runtime
         assert runtime is not None, "the child was not bootstrapped"
-        shared, literals = self._shared(message["job"])
-        unit = RunUnit.from_message(message, self.settings.limits, shared, literals)
+        resolve, literals = self._shared(message["job"])
+        unit = RunUnit.from_message(message, self.settings.limits, resolve, literals)
         cancel, timed_out = threading.Event(), threading.Event()
         watcher = threading.Thread(
             target=self._watch, args=(message, cancel, timed_out), daemon=True

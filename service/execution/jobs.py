@@ -39,14 +39,14 @@ class RunUnit:
     label: dict[str, Any]
     plan: RunPlan
 
-    def message(self, shared: dict[int, str] | None = None) -> dict[str, Any]:
+    def message(self, shared_keys: dict[int, str] | None = None) -> dict[str, Any]:
         """The run as plain JSON: the request, and the device and dtype it was planned for.
-        A nested-list tensor in `shared` (by identity) is sent as a reference to its key."""
+        A nested-list tensor in `shared_keys` (by identity) is sent as a reference to its key."""
         request = self.plan.request
         refs = {
-            name: shared[id(payload)]
+            name: shared_keys[id(payload)]
             for name in TENSOR_FIELDS
-            if shared and id(payload := getattr(request, name)) in shared
+            if shared_keys and id(payload := getattr(request, name)) in shared_keys
         }
         document = request.model_dump(mode="json", exclude=set(refs))
         document.update({name: {SHARED: key} for name, key in refs.items()})
@@ -63,17 +63,17 @@ class RunUnit:
         cls,
         message: dict[str, Any],
         limits: Limits,
-        shared: Callable[[str], Any] = lambda key: None,
+        resolve: Callable[[str], Any] = lambda key: None,
         literals: LiteralChecks | None = None,
     ) -> "RunUnit":
         """Plan a run again where it executes (pure and cheap; the same checks as the API's).
-        `shared` gives the tensor a reference stands for; runs of one job given the same
-        `literals` check and convert a shared tensor once."""
+        `resolve` gives the shared tensor a reference stands for; runs of one job given the
+        same `literals` check and convert a shared tensor once."""
         document = dict(message["request"])
         for name in TENSOR_FIELDS:
             value = document.get(name)
             if isinstance(value, dict) and SHARED in value:
-                document[name] = shared(value[SHARED])
+                document[name] = resolve(value[SHARED])
         request = DiagnosticsRequest.model_validate(document)
         plan = plan_run(
             request,

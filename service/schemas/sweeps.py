@@ -76,13 +76,17 @@ class ParameterSummary(TypedDict):
     grad_l2_norm: float | None
 
 
+SMALL_VALUE_BYTES = 256  # axis values up to this much JSON are repeated in each run
+
+
 class SweepRun(TypedDict):
     point: Annotated[dict[str, int], Field(description="path -> the index of this run's value")]
     axes: Annotated[
         dict[str, Any],
         Field(
             description="path -> the value of this run, for axes whose values are all at "
-            "most 256 bytes of JSON (a bigger value is named by its index in `point` only)"
+            f"most {SMALL_VALUE_BYTES} bytes of JSON (a bigger value is named by its index in "
+            "`point` only)"
         ),
     ]
     loss: float | None
