@@ -2,10 +2,11 @@
 watching for the client to leave, `Prefer: respond-async`, and the JSON responses."""
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
 import orjson
+from fastapi import Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -48,6 +49,12 @@ def job_response(job: Job, status: int = 200, headers: dict[str, str] | None = N
     return Response(orjson.dumps(job), status, headers, media_type="application/json")
 
 
+View = Annotated[
+    Literal["full", "summary"],
+    Query(description="`summary`: only the diagnosis and a row per layer (per run, in a compare)"),
+]
+
+
 def respond_async(prefer: str | None) -> bool:
     """Whether RFC 7240's `respond-async` preference is among the header's."""
     tokens = (part.split(";")[0].strip().lower() for part in (prefer or "").split(","))
@@ -55,12 +62,19 @@ def respond_async(prefer: str | None) -> bool:
 
 
 async def answer(
-    request: Request, runs: RunService, job: JobRequest, owner: str, prefer: str | None
+    request: Request,
+    runs: RunService,
+    job: JobRequest,
+    owner: str,
+    prefer: str | None,
+    view: Callable[[Any], Any] | None = None,
 ) -> Response:
-    """The synchronous routes: the result when it is ready, or the job at once if asked."""
+    """The synchronous routes: the result (through `view`, where given) when it is ready, or
+    the job at once if asked."""
     large = getattr(request.state, "large", False)
     if respond_async(prefer):
         submitted, _ = await runs.submit(job, owner, large=large)
         return job_response(submitted, 202, {"Preference-Applied": "respond-async"})
     arrived = getattr(request.state, "arrived", None)
-    return json_response(await until_disconnected(request, runs.run(job, owner, arrived, large)))
+    result = await until_disconnected(request, runs.run(job, owner, arrived, large))
+    return json_response(view(result) if view is not None else result)

@@ -4,7 +4,15 @@ from collections.abc import Sequence
 from typing import Literal
 
 from service.diagnostics.verdicts import LayerSignal, ratio
-from service.schemas.reports import ParameterReport, Stats
+from service.schemas.reports import (
+    CompareReport,
+    CompareSummary,
+    DiagnosticsReport,
+    DiagnosticsSummary,
+    LayerSummary,
+    ParameterReport,
+    Stats,
+)
 
 
 def weighted_mean(
@@ -69,3 +77,30 @@ def parameter_findings(parameters: list[ParameterReport]) -> list[str]:
     if no_grad:
         findings.append(f"{len(no_grad)} parameters received no gradient: {', '.join(no_grad[:8])}")
     return findings
+
+
+def stat(stats: Stats | None, key: Literal["mean_abs", "l2_norm"]) -> float | None:
+    return stats[key] if stats is not None else None
+
+
+def layer_rows(report: DiagnosticsReport) -> list[LayerSummary]:
+    """A row per layer: the numbers a person reads first."""
+    return [
+        {
+            "name": layer["name"],
+            "output_grad_mean_abs": stat(layer["output_grad"], "mean_abs"),
+            "param_grad_mean_abs": layer["param_grad_mean_abs"],
+            "relative_to_last": layer["relative_to_last"],
+            "verdict": layer["verdict"],
+        }
+        for layer in report["layers"]
+    ]
+
+
+def summarise(report: DiagnosticsReport) -> DiagnosticsSummary:
+    return {"diagnosis": report["diagnosis"], "loss": report["loss"], "layers": layer_rows(report)}
+
+
+def summarise_compare(report: CompareReport) -> CompareSummary:
+    runs = {name: summarise(run) for name, run in report["runs"].items()}
+    return {"baseline": report["baseline"], "runs": runs, "ratios": report["ratios"]}

@@ -203,16 +203,16 @@ def _diagnose(
         for i, ((name, _), out) in enumerate(zip(layers, outputs, strict=True))
     ]
     return {
-        "loss": loss_value,
-        "output_shape": list(output.shape),
-        "parameters": parameters,
-        "layers": report_layers,
         "diagnosis": {
             "verdict": verdicts.verdict,
             "metric": thresholds.metric,
             "first_to_last_ratio": verdicts.first_to_last,
             "findings": verdicts.findings + parameter_findings(parameters),
         },
+        "loss": loss_value,
+        "output_shape": list(output.shape),
+        "layers": report_layers,
+        "parameters": parameters,
         "provenance": {
             "service_version": service.__version__,
             "torch_version": torch.__version__.split("+")[0],

@@ -4,12 +4,13 @@ import itertools
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
+from service.diagnostics.report import layer_rows, stat
 from service.errors import InvalidRequest, Loc
-from service.schemas.reports import DiagnosticsReport, Stats
+from service.schemas.reports import DiagnosticsReport
 from service.schemas.sweeps import SMALL_VALUE_BYTES, MeanStd, SeedGroup, SweepReport, SweepRun
 
 SEED_AXIS = "seed"
@@ -59,10 +60,6 @@ def expand(
     return combos
 
 
-def _stat(stats: Stats | None, key: Literal["mean_abs", "l2_norm"]) -> float | None:
-    return stats[key] if stats is not None else None
-
-
 def run_labels(axes: Sequence[Any], choices: Sequence[tuple[int, ...]]) -> list[dict[str, Any]]:
     """Each run's `point` (path -> index of its value) and `axes` (path -> value, for axes
     whose values are all small): a big value is named by its index, not repeated per run."""
@@ -83,21 +80,12 @@ def summarise_run(label: dict[str, Any], report: DiagnosticsReport) -> SweepRun:
         "loss": report["loss"],
         "verdict": report["diagnosis"]["verdict"],
         "first_to_last_ratio": report["diagnosis"]["first_to_last_ratio"],
-        "layers": [
-            {
-                "name": layer["name"],
-                "output_grad_mean_abs": _stat(layer["output_grad"], "mean_abs"),
-                "param_grad_mean_abs": layer["param_grad_mean_abs"],
-                "relative_to_last": layer["relative_to_last"],
-                "verdict": layer["verdict"],
-            }
-            for layer in report["layers"]
-        ],
+        "layers": layer_rows(report),
         "parameters": [
             {
                 "name": p["name"],
-                "grad_mean_abs": _stat(p["grad"], "mean_abs"),
-                "grad_l2_norm": _stat(p["grad"], "l2_norm"),
+                "grad_mean_abs": stat(p["grad"], "mean_abs"),
+                "grad_l2_norm": stat(p["grad"], "l2_norm"),
             }
             for p in report["parameters"]
         ],

@@ -88,13 +88,31 @@ class Timing(TypedDict):
 
 
 class DiagnosticsReport(TypedDict):
+    """The diagnosis first, then the layers, then the parameters."""
+
+    diagnosis: Diagnosis
     loss: float | None
     output_shape: list[int]
-    parameters: list[ParameterReport]
     layers: list[LayerReport]
-    diagnosis: Diagnosis
+    parameters: list[ParameterReport]
     provenance: Provenance
     timing_ms: Timing
+
+
+class LayerSummary(TypedDict):
+    name: str
+    output_grad_mean_abs: float | None
+    param_grad_mean_abs: float | None
+    relative_to_last: float | None
+    verdict: Verdict
+
+
+class DiagnosticsSummary(TypedDict):
+    """`?view=summary`: the diagnosis and a row per layer."""
+
+    diagnosis: Diagnosis
+    loss: float | None
+    layers: list[LayerSummary]
 
 
 class Ratios(TypedDict):
@@ -107,4 +125,12 @@ class Ratios(TypedDict):
 class CompareReport(TypedDict):
     baseline: str
     runs: dict[str, DiagnosticsReport]
+    ratios: Ratios
+
+
+class CompareSummary(TypedDict):
+    """`?view=summary`: each run's summary, and the ratios."""
+
+    baseline: str
+    runs: dict[str, DiagnosticsSummary]
     ratios: Ratios

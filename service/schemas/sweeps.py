@@ -6,7 +6,7 @@ from pydantic import ConfigDict, Field, field_validator
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from service.schemas.common import StrictModel
-from service.schemas.reports import Verdict
+from service.schemas.reports import LayerSummary, Verdict
 from service.schemas.requests import LESSON_REQUEST
 
 AxisPath = Annotated[
@@ -60,14 +60,6 @@ class SweepRequest(StrictModel):
         if len(set(paths)) != len(paths):
             raise ValueError("each path can be swept by one axis only")
         return axes
-
-
-class LayerSummary(TypedDict):
-    name: str
-    output_grad_mean_abs: float | None
-    param_grad_mean_abs: float | None
-    relative_to_last: float | None
-    verdict: Verdict
 
 
 class ParameterSummary(TypedDict):

@@ -4,10 +4,16 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import OwnerDep, PreferHeader, RunServiceDep
-from service.api.runs import RUN_ERRORS, answer
+from service.api.runs import RUN_ERRORS, View, answer
 from service.api.strict_json import StrictJSONRoute
+from service.diagnostics.report import summarise, summarise_compare
 from service.schemas.jobs import CompareJob, DiagnosticsJob
-from service.schemas.reports import CompareReport, DiagnosticsReport
+from service.schemas.reports import (
+    CompareReport,
+    CompareSummary,
+    DiagnosticsReport,
+    DiagnosticsSummary,
+)
 from service.schemas.requests import CompareRequest, DiagnosticsRequest
 
 router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=StrictJSONRoute)
@@ -16,7 +22,7 @@ router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=S
 @router.post(
     "",
     operation_id="run_diagnostics",
-    response_model=DiagnosticsReport,
+    response_model=DiagnosticsReport | DiagnosticsSummary,
     responses=RUN_ERRORS,
     summary="Diagnose gradient flow in one model",
 )
@@ -26,6 +32,7 @@ async def run_diagnostics(
     runs: RunServiceDep,
     owner: OwnerDep,
     prefer: PreferHeader = None,
+    view: View = "full",
 ) -> Response:
     """Build the model described by `model` with weights drawn as after
     `torch.manual_seed(seed)`, run one forward pass on `input`, the `loss` against `target`
@@ -42,13 +49,13 @@ async def run_diagnostics(
     run goes on; with `Prefer: respond-async` it is 202 with the job at once.
     """
     job = DiagnosticsJob(kind="diagnostics", request=body)
-    return await answer(request, runs, job, owner, prefer)
+    return await answer(request, runs, job, owner, prefer, summarise if view == "summary" else None)
 
 
 @router.post(
     "/compare",
     operation_id="compare_diagnostics",
-    response_model=CompareReport,
+    response_model=CompareReport | CompareSummary,
     responses=RUN_ERRORS,
     summary="Diagnose variants of a model side by side",
 )
@@ -58,6 +65,7 @@ async def compare_diagnostics(
     runs: RunServiceDep,
     owner: OwnerDep,
     prefer: PreferHeader = None,
+    view: View = "full",
 ) -> Response:
     """Run each variant (the base request with the variant's JSON Merge Patch, RFC 7386,
     applied) and report every run under `runs.<variant>`, plus, per parameter and per
@@ -67,4 +75,5 @@ async def compare_diagnostics(
     "shortcut": {"model": {"shortcut": true}}}`.
     """
     job = CompareJob(kind="compare", request=body)
-    return await answer(request, runs, job, owner, prefer)
+    summary = summarise_compare if view == "summary" else None
+    return await answer(request, runs, job, owner, prefer, summary)
