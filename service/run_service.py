@@ -114,7 +114,7 @@ class RunService:
         literals = LiteralChecks()
         plans = {
             name: self._check_document(
-                merge_patch(request.base, patch),
+                merge_patch(request.base_document, patch),
                 (*root, "variants", name),
                 f"base merged with variant '{name}'",
                 literals,
@@ -134,7 +134,7 @@ class RunService:
                 extra={"estimate": {"runs": count}, "limit": {"runs": limit}},
             )
         plans, literals = [], LiteralChecks()
-        points = expand(request.base, request.axes)
+        points = expand(request.base_document, request.axes)
         for choice, document in points:
             where = ", ".join(f"{a.path}[{i}]" for a, i in zip(request.axes, choice, strict=True))
             try:

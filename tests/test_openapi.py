@@ -98,3 +98,27 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["device"] == "cpu"
+
+
+def _without_timing(report: dict) -> dict:
+    """A report's numbers: the time it took and where it ran may differ."""
+    return {k: v for k, v in report.items() if k not in ("timing_ms", "provenance")}
+
+
+def test_the_documented_examples_are_what_the_service_answers(client):
+    from service.api import examples
+    from service.schemas.requests import LESSON_REQUEST
+    from tests.test_report_views import LESSON_COMPARE
+
+    lesson = client.post("/v1/diagnostics", json=LESSON_REQUEST).json()
+    documented = examples.load("lesson_report")
+    assert _without_timing(documented) == _without_timing(lesson)
+    assert documented["provenance"]["init_sha256"] == lesson["provenance"]["init_sha256"]
+    compare = client.post("/v1/diagnostics/compare?view=summary", json=LESSON_COMPARE).json()
+    assert examples.load("lesson_compare_summary") == compare
+    bad = {**LESSON_REQUEST, "input": [[1.0, 0.0]]}
+    problem = client.post("/v1/diagnostics", json=bad, headers={"X-Request-ID": "example-1"})
+    assert examples.load("problem_shape_mismatch") == problem.json()
+    # Every error response refers to the one Problem schema and its one example.
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["Problem"]["examples"] == [problem.json()]

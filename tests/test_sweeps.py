@@ -127,5 +127,6 @@ def test_sweep_errors(client, make_client):
 
 def test_paths_through_values_are_refused(client):
     # Found by schemathesis: a later axis walks through what an earlier one set to a value.
-    body = {"base": {}, "axes": [{"path": "a", "values": [None]}, {"path": "a.b", "values": [1]}]}
+    axes = [{"path": "model.a", "values": [None]}, {"path": "model.a.b", "values": [1]}]
+    body = {"base": LESSON_REQUEST, "axes": axes}
     assert_problem(client.post(URL, json=body), 422, "invalid_request", ["body", "axes", 1, "path"])

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from service import logs
+from service.api import examples
 from service.architectures.registry import TAG_VALUES
 from service.errors import GradiagError, bounded, pydantic_field_errors
 
@@ -38,7 +39,10 @@ class ProblemFieldError(BaseModel):
 class Problem(BaseModel):
     """An error: `code` is stable and machine-readable; `errors` locate bad fields."""
 
-    model_config = ConfigDict(extra="allow")
+    # One documented example, a real answer, shared by every error response.
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra={"examples": [examples.load("problem_shape_mismatch")]}
+    )
 
     type: str
     title: str

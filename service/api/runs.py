@@ -22,6 +22,12 @@ RUN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def answered(**examples: Any) -> dict[int | str, dict[str, Any]]:
+    """RUN_ERRORS and the 200's examples: real answers (service/api/examples)."""
+    named = {name: {"summary": name.replace("_", " "), "value": v} for name, v in examples.items()}
+    return {**RUN_ERRORS, 200: {"content": {"application/json": {"examples": named}}}}
+
+
 async def _disconnected(request: Request) -> None:
     # The body is read, so the next message is the client leaving (or the response ending).
     while (await request.receive())["type"] != "http.disconnect":

@@ -1,8 +1,15 @@
 """Request bodies of the diagnostics endpoints."""
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    model_validator,
+)
 
 from service.config import DevicePattern, DTypeName
 from service.diagnostics.losses import LOSSES
@@ -72,6 +79,16 @@ class DiagnosticsRequest(StrictModel):
     thresholds: Thresholds = Thresholds()
 
 
+Based = TypeVar("Based", bound=BaseModel)
+
+
+def with_base_document(data: Any, model: Based) -> Based:
+    """Keep the JSON of a request's `base` beside the validated model."""
+    if isinstance(data, dict) and isinstance(data.get("base"), dict):
+        model._base_document = data["base"]  # type: ignore[attr-defined]
+    return model
+
+
 class CompareRequest(StrictModel):
     """A base request and named variants, each a JSON Merge Patch (RFC 7386) of the base."""
 
@@ -89,8 +106,19 @@ class CompareRequest(StrictModel):
         }
     )
 
-    base: dict[str, Any] = Field(description="a diagnostics request, possibly incomplete")
+    base: DiagnosticsRequest = Field(description="a whole diagnostics request")
     variants: dict[
         Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")],
         dict[str, Any],
     ] = Field(min_length=1, description="name -> merge patch; the first is the baseline")
+    _base_document: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_base_document(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        return with_base_document(data, handler(data))
+
+    @property
+    def base_document(self) -> dict[str, Any]:
+        """`base` as sent: the variants patch it (a dump of the model would copy its tensors)."""
+        return self._base_document

@@ -3,8 +3,9 @@
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.api import examples
 from service.api.deps import OwnerDep, PreferHeader, RunServiceDep
-from service.api.runs import RUN_ERRORS, View, answer
+from service.api.runs import View, answer, answered
 from service.api.strict_json import StrictJSONRoute
 from service.diagnostics.report import summarise, summarise_compare
 from service.schemas.jobs import CompareJob, DiagnosticsJob
@@ -23,7 +24,10 @@ router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=S
     "",
     operation_id="run_diagnostics",
     response_model=DiagnosticsReport | DiagnosticsSummary,
-    responses=RUN_ERRORS,
+    responses=answered(
+        the_lesson=examples.load("lesson_report"),
+        the_lesson_as_a_summary=summarise(examples.load("lesson_report")),
+    ),
     summary="Diagnose gradient flow in one model",
 )
 async def run_diagnostics(
@@ -56,7 +60,7 @@ async def run_diagnostics(
     "/compare",
     operation_id="compare_diagnostics",
     response_model=CompareReport | CompareSummary,
-    responses=RUN_ERRORS,
+    responses=answered(the_lesson_shortcut_against_plain=examples.load("lesson_compare_summary")),
     summary="Diagnose variants of a model side by side",
 )
 async def compare_diagnostics(
