@@ -287,6 +287,7 @@ class ModelCache:
         self._entries = 0  # idle models
         self.hits = 0
         self.misses = 0
+        self.builds_cancelled = 0  # stopped part-way (a deadline or a client that left)
 
     def checkout(self, plan: RunPlan, cancel: threading.Event) -> InitialModel:
         """An idle model for this plan if one is cached (removed from the cache while
@@ -305,6 +306,8 @@ class ModelCache:
                 model = build_initial(plan, key, self.statistics, self._side, cancel)
             except Cancelled as cancelled:
                 _free_elsewhere(cancelled)
+                with self._lock:
+                    self.builds_cancelled += 1
                 raise Cancelled from None
         model.prepare(plan.request.mode == "train", plan.request.seed, plan.device)
         return model

@@ -80,6 +80,7 @@ class CacheState(BaseModel):
     max_bytes: int
     idle_entries: int
     max_entries: int
+    builds_cancelled: int
 
 
 class Readiness(BaseModel):
@@ -161,6 +162,7 @@ async def readyz(runs: RunServiceDep, lifecycle: LifecycleDep) -> Readiness:
             max_bytes=models.max_bytes,
             idle_entries=models.idle_entries,
             max_entries=models.max_entries,
+            builds_cancelled=models.builds_cancelled,
         )
     return Readiness(
         status="ready",
