@@ -1,0 +1,327 @@
+"""PyTorch's own modules -> layer specs of the `sequential` grammar, with their options checked.
+
+Each converter returns the layer's spec or raises UnsupportedModule naming the option the
+grammar lacks. Activations are recognised by class, or, for a parameterless module of the
+user's own (the course's GELU), by what it computes.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.architectures.activations import ACTIVATIONS, GELUTanh, make_activation
+from service.architectures.modules import SeededDropout
+from service.client.spec_check import UnsupportedModule, describe, is_torch_class
+
+Spec = dict[str, Any]
+
+
+def require(ok: bool, path: str, module: nn.Module, option: str, grammar: str) -> None:
+    """Refuse `module` unless `ok`: "<path>: nn.X with <option>: <what the grammar has>"."""
+    if not ok:
+        raise UnsupportedModule(path, f"{describe(module)} with {option}: {grammar}")
+
+
+def _one(values: Any) -> int | None:
+    """The value of an int or of a tuple whose entries are all equal; None otherwise."""
+    entries = (values,) if isinstance(values, int) else tuple(values)
+    return entries[0] if len(set(entries)) == 1 else None
+
+
+# activations ---------------------------------------------------------------------------------
+_PLAIN: dict[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+    nn.SiLU: "silu",
+    nn.Identity: "identity",
+    GELUTanh: "gelu_tanh",
+}
+_PROBE = torch.linspace(-5, 5, 101).reshape(1, 101)
+
+
+def _probe(module: nn.Module) -> str | None:
+    """The registered activation a parameterless module computes on [-5, 5], if any."""
+    try:
+        with torch.no_grad():
+            out = module(_PROBE.clone())  # a copy: the module may work in place
+    except Exception:
+        return None
+    if not isinstance(out, torch.Tensor) or out.shape != _PROBE.shape:
+        return None
+    for name in ACTIVATIONS:
+        with torch.no_grad():
+            expected = make_activation(name)(_PROBE)
+        if torch.allclose(out.float(), expected, rtol=1e-5, atol=1e-6):
+            return name
+    return None
+
+
+def activation_name(module: Any, path: str) -> str | None:
+    """The grammar's name of an activation module; None when it is none."""
+    cls = type(module)
+    if cls in _PLAIN:
+        return _PLAIN[cls]
+    if cls is nn.GELU:
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    if cls is nn.LeakyReLU:
+        slope = module.negative_slope
+        require(
+            slope == 0.01,
+            path,
+            module,
+            f"negative_slope={slope}",
+            "the grammar's leaky_relu has 0.01",
+        )
+        return "leaky_relu"
+    if cls is nn.ELU:
+        require(
+            module.alpha == 1.0, path, module, f"alpha={module.alpha}", "the grammar's elu has 1.0"
+        )
+        return "elu"
+    if cls is nn.Softplus:
+        options = f"beta={module.beta}, threshold={module.threshold}"
+        ok = module.beta == 1.0 and module.threshold == 20.0
+        require(ok, path, module, options, "the grammar's softplus has beta=1, threshold=20")
+        return "softplus"
+    if is_torch_class(module) or any(True for _ in module.children()):
+        return None
+    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+        return None
+    return _probe(module)
+
+
+# the other leaves ----------------------------------------------------------------------------
+def _linear(m: nn.Linear, path: str) -> Spec:
+    return {"type": "linear", "out_features": m.out_features, "bias": m.bias is not None}
+
+
+def _conv(m: nn.Conv1d | nn.Conv2d, path: str) -> Spec:
+    kind = "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"
+    kernel, stride = _one(m.kernel_size), _one(m.stride)
+    require(
+        kernel is not None,
+        path,
+        m,
+        f"kernel_size={m.kernel_size}",
+        "the grammar's kernels are square",
+    )
+    require(
+        stride is not None,
+        path,
+        m,
+        f"stride={m.stride}",
+        "the grammar has one stride for all dimensions",
+    )
+    require(_one(m.dilation) == 1, path, m, f"dilation={m.dilation}", "the grammar has dilation 1")
+    require(m.groups == 1, path, m, f"groups={m.groups}", "the grammar has groups=1")
+    mode = m.padding_mode
+    require(mode == "zeros", path, m, f"padding_mode='{mode}'", "the grammar pads with zeros")
+    assert kernel is not None
+    if m.padding == "valid":
+        padding: int | None = 0
+    elif m.padding == "same":  # symmetric only for odd kernels (stride is 1 with 'same')
+        odd = kernel % 2 == 1
+        require(odd, path, m, "padding='same' and an even kernel", "the grammar pads symmetrically")
+        padding = (kernel - 1) // 2
+    else:
+        padding = _one(m.padding)
+        require(
+            padding is not None,
+            path,
+            m,
+            f"padding={m.padding}",
+            "the grammar has one padding for all sides",
+        )
+    bias = m.bias is not None
+    return {
+        "type": kind,
+        "out_channels": m.out_channels,
+        "kernel_size": kernel,
+        "stride": stride,
+        "padding": padding,
+        "bias": bias,
+    }
+
+
+def _pool(m: nn.MaxPool2d | nn.AvgPool2d, path: str) -> Spec:
+    kind = "max_pool2d" if isinstance(m, nn.MaxPool2d) else "avg_pool2d"
+    kernel, stride, padding = _one(m.kernel_size), _one(m.stride), _one(m.padding)
+    require(
+        kernel is not None,
+        path,
+        m,
+        f"kernel_size={m.kernel_size}",
+        "the grammar's kernels are square",
+    )
+    require(
+        stride is not None,
+        path,
+        m,
+        f"stride={m.stride}",
+        "the grammar has one stride for all dimensions",
+    )
+    require(
+        padding is not None,
+        path,
+        m,
+        f"padding={m.padding}",
+        "the grammar has one padding for all sides",
+    )
+    require(not m.ceil_mode, path, m, "ceil_mode=True", "the grammar rounds output sizes down")
+    if isinstance(m, nn.MaxPool2d):
+        require(
+            _one(m.dilation) == 1, path, m, f"dilation={m.dilation}", "the grammar has dilation 1"
+        )
+        require(
+            not m.return_indices,
+            path,
+            m,
+            "return_indices=True",
+            "the grammar's pools return the output only",
+        )
+    else:
+        included = m.count_include_pad
+        require(
+            included,
+            path,
+            m,
+            "count_include_pad=False",
+            "the grammar counts the padding in the mean",
+        )
+        divisor = m.divisor_override
+        require(
+            divisor is None,
+            path,
+            m,
+            f"divisor_override={divisor}",
+            "the grammar divides by the window",
+        )
+    spec: Spec = {"type": kind, "kernel_size": kernel, "padding": padding}
+    return spec if stride == kernel else spec | {"stride": stride}
+
+
+def _layer_norm(m: nn.LayerNorm, path: str) -> Spec:
+    shape = tuple(m.normalized_shape)
+    require(
+        len(shape) == 1,
+        path,
+        m,
+        f"normalized_shape={shape}",
+        "the grammar normalises the last dimension",
+    )
+    affine = m.elementwise_affine
+    require(
+        not affine or m.bias is not None,
+        path,
+        m,
+        "bias=False",
+        "the grammar's layer_norm has a bias with its weight",
+    )
+    return {"type": "layer_norm", "eps": float(m.eps), "elementwise_affine": affine}
+
+
+def _rms_norm(m: nn.RMSNorm, path: str) -> Spec:
+    shape = tuple(m.normalized_shape)
+    require(
+        len(shape) == 1,
+        path,
+        m,
+        f"normalized_shape={shape}",
+        "the grammar normalises the last dimension",
+    )
+    eps = None if m.eps is None else float(m.eps)
+    return {"type": "rms_norm", "eps": eps, "elementwise_affine": m.elementwise_affine}
+
+
+def _batch_norm(m: nn.BatchNorm1d | nn.BatchNorm2d, path: str) -> Spec:
+    momentum = m.momentum
+    require(
+        momentum is not None,
+        path,
+        m,
+        "momentum=None",
+        "the grammar's batch_norm has a float momentum",
+    )
+    tracked = m.track_running_stats
+    require(tracked, path, m, "track_running_stats=False", "the grammar keeps running statistics")
+    assert momentum is not None
+    return {
+        "type": "batch_norm",
+        "eps": float(m.eps),
+        "momentum": float(momentum),
+        "affine": m.affine,
+    }
+
+
+def dropout_p(m: Any, path: str) -> float:
+    """The rate of a dropout module (0 when there is none)."""
+    if m is None:
+        return 0.0
+    if type(m) not in (nn.Dropout, SeededDropout):
+        raise UnsupportedModule(path, f"{describe(m)} is not nn.Dropout")
+    return float(m.p)
+
+
+def _embedding(m: nn.Embedding, path: str) -> Spec:
+    options = {
+        "padding_idx": m.padding_idx,
+        "max_norm": m.max_norm,
+        "scale_grad_by_freq": m.scale_grad_by_freq or None,
+        "sparse": m.sparse or None,
+    }
+    for option, value in options.items():
+        require(
+            value is None,
+            path,
+            m,
+            f"{option}={value}",
+            "the grammar's embedding has PyTorch's default",
+        )
+    return {
+        "type": "embedding",
+        "num_embeddings": m.num_embeddings,
+        "embedding_dim": m.embedding_dim,
+    }
+
+
+def _activation(m: nn.Module, path: str) -> Spec:
+    name = activation_name(m, path)
+    assert name is not None  # only registered for activation classes
+    return {"type": name}
+
+
+LEAVES: dict[type[nn.Module], Callable[[Any, str], Spec]] = {
+    nn.Linear: _linear,
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.MaxPool2d: _pool,
+    nn.AvgPool2d: _pool,
+    nn.LayerNorm: _layer_norm,
+    nn.RMSNorm: _rms_norm,
+    nn.BatchNorm1d: _batch_norm,
+    nn.BatchNorm2d: _batch_norm,
+    nn.Dropout: lambda m, path: {"type": "dropout", "p": dropout_p(m, path)},
+    SeededDropout: lambda m, path: {"type": "dropout", "p": dropout_p(m, path)},
+    nn.Flatten: lambda m, path: {"type": "flatten", "start_dim": m.start_dim, "end_dim": m.end_dim},
+    nn.Embedding: _embedding,
+    **{cls: _activation for cls in (*_PLAIN, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Softplus)},
+}
+
+SUPPORTED = (
+    "nn.Sequential and nn.ModuleList, nn.Linear, nn.Conv1d, nn.Conv2d, nn.MaxPool2d, "
+    "nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.RMSNorm, nn.Dropout, "
+    "nn.Flatten, nn.Embedding, nn.ReLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, "
+    "nn.SiLU, nn.Softplus, nn.Identity, a parameterless module computing one of these "
+    "activations, the course's LayerNorm, MultiHeadAttention, TransformerBlock, GPTModel and "
+    "ExampleDeepNeuralNetwork, a Residual(body, projection), and modules whose forward applies "
+    "such children in registration order"
+)
+
+
+def not_in_grammar(path: str, module: nn.Module) -> UnsupportedModule:
+    return UnsupportedModule(
+        path, f"{describe(module)} is not in the grammar; supported: {SUPPORTED}"
+    )
