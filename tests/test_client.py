@@ -134,13 +134,14 @@ def test_a_full_server_is_tried_again_until_it_takes_the_call(live_server, caplo
         assert (raised.value.status, raised.value.code) == (429, "overloaded")
         assert raised.value.attempts == 1 and raised.value.retry_after >= 1
         # Retry-After (at least 1 s) past the budget: no wait, the 429 at once.
-        with pytest.raises(GradiagProblem) as raised:
-            Client(server.url, retry=Retry(attempts=9, budget_s=0.5)).diagnose(LESSON_REQUEST)
+        budget = Retry(attempts=9, budget_s=0.5)
+        with pytest.raises(GradiagProblem) as raised, Client(server.url, retry=budget) as hurried:
+            hurried.diagnose(LESSON_REQUEST)
         assert raised.value.attempts == 1
         # Three tries, waits cut to 0.05 s each.
-        with pytest.raises(GradiagProblem) as raised:
-            short = Retry(attempts=3, max_wait_s=0.05)
-            Client(server.url, retry=short).diagnose(LESSON_REQUEST)
+        short = Retry(attempts=3, max_wait_s=0.05)
+        with pytest.raises(GradiagProblem) as raised, Client(server.url, retry=short) as thrice:
+            thrice.diagnose(LESSON_REQUEST)
         assert raised.value.attempts == 3 and raised.value.status == 429
         assert len([r for r in caplog.records if "429" in r.getMessage()]) == 2
 

@@ -23,8 +23,8 @@ class LocalClient(Client):
     the app starts here (its errors raise here)."""
 
     def __init__(self, settings: Settings | None = None, *, retry: Retry = DEFAULT_RETRY) -> None:
-        self._loop = LoopThread()
         self._app = _hosted(settings)
+        self._loop = LoopThread()
         try:
             self._loop.run(self._app.start())
         except BaseException:
