@@ -157,6 +157,14 @@ class Settings(BaseSettings):
         "(route, status, duration, model kind, device, request id) instead of uvicorn's",
     )
     limits: Limits = Field(default_factory=Limits)
+    url: str | None = Field(
+        None,
+        description="clients (`gradiag diagnose`, `service.client`): the server called; "
+        "unset: the CLI runs the service in its own process",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="clients: the bearer key sent (one of the server's GRADIAG_API_KEYS)"
+    )
 
 
 @lru_cache

@@ -1,0 +1,5 @@
+"""`python -m service.cli`: the `gradiag` command."""
+
+from service.cli.app import main
+
+main()
