@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import OwnerDep, PreferHeader, RunServiceDep
-from service.api.runs import RUN_ERRORS, answer
+from service.api.runs import REPORT_RESPONSES, answer
 from service.api.strict_json import StrictJSONRoute
 from service.schemas.jobs import CompareJob, DiagnosticsJob
 from service.schemas.reports import CompareReport, DiagnosticsReport
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1/diagnostics", tags=["diagnostics"], route_class=S
     "",
     operation_id="run_diagnostics",
     response_model=DiagnosticsReport,
-    responses=RUN_ERRORS,
+    responses=REPORT_RESPONSES,
     summary="Diagnose gradient flow in one model",
 )
 async def run_diagnostics(
@@ -49,7 +49,7 @@ async def run_diagnostics(
     "/compare",
     operation_id="compare_diagnostics",
     response_model=CompareReport,
-    responses=RUN_ERRORS,
+    responses=REPORT_RESPONSES,
     summary="Diagnose variants of a model side by side",
 )
 async def compare_diagnostics(
