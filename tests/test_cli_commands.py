@@ -9,9 +9,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from service.cli import create_cli
@@ -159,16 +161,15 @@ def test_capabilities_and_version(server):
     assert version.exit_code == 0 and version.stdout == "gradiag 0.1.0\n"
 
 
-def test_plot_writes_the_image_or_says_the_server_cannot_draw(server, tmp_path):
-    # Until the plots land, the routes answer JSON to an image Accept: a clear error.
+def test_plot_writes_svg_and_png_against_a_server_and_in_process(server, tmp_path):
     image = tmp_path / "lesson.svg"
     result = gradiag("plot", LESSON, "-o", str(image), "--server", server.url)
-    if result.exit_code == 0:
-        assert image.read_bytes().lstrip().startswith(b"<")
-    else:
-        assert result.exit_code == 2 and not image.exists()
-        assert "This server cannot draw plots" in result.stderr
-        assert "answered application/json to Accept: image/svg+xml" in result.stderr
+    assert result.exit_code == 0, result.output
+    root = ElementTree.fromstring(image.read_bytes())
+    assert root.tag.endswith("svg")
+    picture = tmp_path / "lesson.png"
+    assert gradiag("plot", LESSON, "-o", str(picture)).exit_code == 0  # in-process
+    assert Image.open(picture).size[0] > 0
     wrong = gradiag("plot", LESSON, "-o", str(tmp_path / "lesson.gif"))
     assert wrong.exit_code == 2 and ".svg or .png" in wrong.output
 

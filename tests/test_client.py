@@ -209,15 +209,12 @@ def test_local_clients_give_what_a_server_gives(live_server):
     assert without_timing(remote_report) == without_timing(local_report) == expected
 
 
-def test_a_plot_is_the_image_asked_for_or_a_clear_problem(live_server):
-    # Until the plots land, the routes answer JSON to an image Accept: a clear problem.
+def test_a_plot_is_the_image_asked_for(live_server):
     server = live_server()
+    compare = {"base": LESSON_REQUEST, "variants": {"plain": {"model": {"shortcut": False}},
+                                                    "shortcut": {}}}  # fmt: skip
     with Client(server.url) as client:
-        try:
-            svg = client.plot(LESSON_REQUEST, "image/svg+xml")
-        except GradiagProblem as problem:
-            assert problem.code == "plots_unsupported"
-            assert problem.title == "This server cannot draw plots"
-            assert problem.detail.startswith("answered application/json")
-        else:
-            assert svg.lstrip().startswith(b"<")
+        svg = client.plot(LESSON_REQUEST, "image/svg+xml")
+        png = client.plot(compare, "image/png")
+    assert svg.lstrip().startswith(b"<") and b"<svg" in svg
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
