@@ -50,3 +50,12 @@ def test_every_json_example_is_a_valid_request(client):
         else:
             response = client.post("/v1/diagnostics", json=body)
         assert response.status_code == 200, (block, response.text[:400])
+
+
+def test_the_quick_start_python_runs_against_a_live_server(live_server, capsys):
+    server = live_server()
+    block = re.search(r"```python\n(.*?)```", README, re.S)
+    assert block is not None
+    code = block.group(1).replace("http://127.0.0.1:8000", server.url)
+    exec(code.replace('"docs/lesson.json"', repr(str(ROOT / "docs" / "lesson.json"))), {})
+    assert capsys.readouterr().out.strip() == "healthy"
