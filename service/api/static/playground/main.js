@@ -138,6 +138,7 @@ controls.compare.addEventListener("click", () => {
 });
 controls.key.addEventListener("change", async () => {
   sessionStorage.setItem(KEY_STORAGE, apiKey());
+  setStatus("checking the key…", "busy");
   await loadCapabilities();
   run();
 });
