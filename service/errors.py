@@ -145,6 +145,10 @@ class UnsupportedMediaType(GradiagError):
     code, status, title = "unsupported_media_type", 415, "Unsupported media type"
 
 
+class NotAcceptable(GradiagError):
+    code, status, title = "not_acceptable", 406, "Not acceptable"
+
+
 class Overloaded(GradiagError):
     code, status, title = "overloaded", 429, "Too many requests in flight"
 

@@ -27,7 +27,8 @@ DESCRIPTION = """\
 Post a neural-network architecture as JSON (no code) with an input and a target; the
 service builds the PyTorch model, runs one forward and one backward pass, and answers with
 per-layer gradient statistics, a vanishing / exploding verdict and the provenance needed to
-trust the numbers. Errors are `application/problem+json` with a stable `code`.
+trust the numbers. With `Accept: image/svg+xml` or `image/png` the same routes answer a
+gradient-flow chart of the report. Errors are `application/problem+json` with a stable `code`.
 """
 
 

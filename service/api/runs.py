@@ -1,5 +1,6 @@
-"""What the routes that run models share: their error responses, waiting for a job while
-watching for the client to leave, `Prefer: respond-async`, and the JSON responses."""
+"""What the routes that run models share: their responses, waiting for a job while watching
+for the client to leave, `Prefer: respond-async`, and the report as JSON or as a chart
+(`Accept`)."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -10,8 +11,10 @@ from fastapi import Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api.negotiation import JSON, PNG, SVG, choose
 from service.api.problems import problem_responses
-from service.errors import ClientClosed
+from service.errors import ClientClosed, NotAcceptable
+from service.plots import ImageFormat, render
 from service.run_service import RunService
 from service.schemas.jobs import Job, JobRequest
 
@@ -20,12 +23,29 @@ RUN_ERRORS: dict[int | str, dict[str, Any]] = {
     **problem_responses(400, 401, 413, 415, 422, 429, 500, 503, 504),
     202: {"model": Job, "description": "With `Prefer: respond-async`: the job, at `Location`"},
 }
+IMAGES: dict[str, ImageFormat] = {SVG: "svg", PNG: "png"}
+# The routes that answer a report: JSON, or its chart where `Accept` prefers an image.
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The report; with `Accept: image/svg+xml` or `image/png` preferred, its "
+        "gradient-flow chart (deterministic; in SVG each point's exact value is its `<title>`)",
+        "content": {
+            SVG: {"schema": {"type": "string", "contentMediaType": SVG}},
+            PNG: {"schema": {"type": "string", "contentMediaType": PNG}},
+        },
+    },
+    **RUN_ERRORS,
+    **problem_responses(406),
+}
+VARY = {"Vary": "Accept"}
 
 
 def answered(**examples: Any) -> dict[int | str, dict[str, Any]]:
-    """RUN_ERRORS and the 200's examples: real answers (service/api/examples)."""
+    """REPORT_RESPONSES with the 200's JSON examples: real answers (service/api/examples)."""
     named = {name: {"summary": name.replace("_", " "), "value": v} for name, v in examples.items()}
-    return {**RUN_ERRORS, 200: {"content": {"application/json": {"examples": named}}}}
+    ok = REPORT_RESPONSES[200]
+    content = {"application/json": {"examples": named}, **ok["content"]}
+    return {**REPORT_RESPONSES, 200: {**ok, "content": content}}
 
 
 async def _disconnected(request: Request) -> None:
@@ -46,8 +66,8 @@ async def until_disconnected(request: Request, work: Awaitable[Any]) -> Any:
     raise ClientClosed("the client disconnected; its run was cancelled")
 
 
-def json_response(report: Any) -> Response:
-    return Response(orjson.dumps(report), media_type="application/json")
+def json_response(report: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(report), headers=headers, media_type=JSON)
 
 
 def job_response(job: Job, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -75,12 +95,21 @@ async def answer(
     prefer: str | None,
     view: Callable[[Any], Any] | None = None,
 ) -> Response:
-    """The synchronous routes: the result (through `view`, where given) when it is ready, or
-    the job at once if asked."""
+    """The synchronous routes: the result when it is ready (JSON, through `view` where given;
+    or the chart `Accept` prefers, of the whole result), or the job at once if asked (JSON
+    whatever `Accept` prefers)."""
+    media = choose(request.headers.get("accept"))
+    if media is None:  # refused before anything runs
+        raise NotAcceptable(
+            "Accept admits none of application/json, image/svg+xml, image/png", headers=VARY
+        )
     large = getattr(request.state, "large", False)
     if respond_async(prefer):
         submitted, _ = await runs.submit(job, owner, large=large)
-        return job_response(submitted, 202, {"Preference-Applied": "respond-async"})
+        return job_response(submitted, 202, {"Preference-Applied": "respond-async", **VARY})
     arrived = getattr(request.state, "arrived", None)
     result = await until_disconnected(request, runs.run(job, owner, arrived, large))
-    return json_response(view(result) if view is not None else result)
+    if media == JSON:
+        return json_response(view(result) if view is not None else result, VARY)
+    image = await asyncio.to_thread(render, job, result, IMAGES[media])  # matplotlib blocks
+    return Response(image, headers=VARY, media_type=media)

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.api.deps import OwnerDep, PreferHeader, RunServiceDep
-from service.api.runs import RUN_ERRORS, answer
+from service.api.runs import REPORT_RESPONSES, answer
 from service.api.strict_json import StrictJSONRoute
 from service.schemas.jobs import SweepJob
 from service.schemas.sweeps import SweepReport, SweepRequest
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], route_class=StrictJSONR
     "",
     operation_id="run_sweep",
     response_model=SweepReport,
-    responses=RUN_ERRORS,
+    responses=REPORT_RESPONSES,
     summary="Run a request over a grid of values",
 )
 async def run_sweep(
