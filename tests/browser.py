@@ -21,15 +21,22 @@ def local(url: str) -> bool:
 
 class Traffic:
     """A page's requests: every one made, those to other hosts (aborted), those that failed
-    (a request the page itself aborted, `net::ERR_ABORTED`, is not a failure)."""
+    (a request the page itself aborted, `net::ERR_ABORTED`, is not a failure), and the
+    media types answered (the last answer's, by method and URL)."""
 
     def __init__(self, page: Any) -> None:
         self.requests: list[str] = []
         self.external: list[str] = []
         self.failed: list[str] = []
+        self.media_types: dict[str, str] = {}
         page.route("**/*", self._route)
         page.on("request", lambda r: self.requests.append(r.url))
         page.on("requestfailed", self._failed)
+        page.on("response", self._answered)
+
+    def _answered(self, response: Any) -> None:
+        media_type = response.headers.get("content-type", "")
+        self.media_types[f"{response.request.method} {response.url}"] = media_type
 
     def _route(self, route: Any) -> None:
         if local(route.request.url):

@@ -31,21 +31,32 @@ def server() -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def page(browser: Any, server: LiveServer) -> Iterator[Any]:
-    """The playground loaded and its first run (the lesson) shown; no script errors, and
-    no request to any other host, by the end of the test."""
+def tab(browser: Any) -> Iterator[Any]:
+    """A blank page, allowed the clipboard (the copy buttons)."""
     context = browser.new_context(
         viewport={"width": 1280, "height": 1000}, permissions=["clipboard-read", "clipboard-write"]
     )
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    traffic = Traffic(page)
-    page.goto(f"{server.url}/", wait_until="load")
-    wait_for_run(page, 1)
-    yield page
+    yield context.new_page()
     context.close()
-    traffic.check()
+
+
+@pytest.fixture
+def traffic(tab: Any) -> Iterator[Traffic]:
+    """The tab's requests: none may go to another host or fail."""
+    record = Traffic(tab)
+    yield record
+    record.check()
+
+
+@pytest.fixture
+def page(tab: Any, traffic: Traffic, server: LiveServer) -> Iterator[Any]:
+    """The playground loaded and its first run (the lesson) shown; no script errors by the
+    end of the test."""
+    errors: list[str] = []
+    tab.on("pageerror", lambda e: errors.append(str(e)))
+    tab.goto(f"{server.url}/", wait_until="load")
+    wait_for_run(tab, 1)
+    yield tab
     assert not errors, errors
 
 
@@ -72,12 +83,6 @@ def api(server: LiveServer, path: str, body: Any, **headers: str) -> httpx.Respo
 
 def summary(server: LiveServer, body: Any, path: str = "/v1/diagnostics") -> Any:
     return api(server, f"{path}?view=summary", body).json()
-
-
-def serves_plots(server: LiveServer) -> bool:
-    """Whether the API answers `Accept: image/svg+xml` with a chart (the plots' branch)."""
-    response = api(server, "/v1/diagnostics", LESSON_REQUEST, Accept="image/svg+xml")
-    return response.headers["content-type"].startswith("image/svg+xml")
 
 
 def curl_call(page: Any) -> tuple[str, Any]:
@@ -119,21 +124,20 @@ def assert_shows(page: Any, expected: Any) -> None:
         assert row[4] == layer["verdict"]
 
 
-def assert_plot(page: Any, plots: bool) -> None:
-    """With plots served: an SVG image, loaded (it has a size); without: the note why not."""
+def assert_plot(page: Any, traffic: Traffic, url: str) -> None:
+    """The plot is the SVG the API answered at `url`, loaded: it has a size."""
+    assert traffic.media_types[f"POST {url}"] == "image/svg+xml"
     image = page.locator("#plot-image")
-    if not plots:
-        assert image.is_hidden()
-        assert "no plots" in page.inner_text("#plot-note")
-        return
     assert image.is_visible()
     assert image.get_attribute("src").startswith("blob:")
-    assert image.evaluate("img => img.complete && img.naturalWidth") > 0
+    size = image.evaluate("img => img.complete ? [img.naturalWidth, img.naturalHeight] : [0, 0]")
+    assert min(size) > 0, size
     assert page.inner_text("#plot-note") == ""
 
 
-def test_the_lesson_toggled_both_ways(page: Any, server: LiveServer, artefacts: Path) -> None:
-    plots = serves_plots(server)
+def test_the_lesson_toggled_both_ways(
+    page: Any, traffic: Traffic, server: LiveServer, artefacts: Path
+) -> None:
     lesson = summary(server, LESSON_REQUEST)
     plain = summary(server, PLAIN_LESSON)
     assert (lesson["diagnosis"]["verdict"], plain["diagnosis"]["verdict"]) == (
@@ -143,14 +147,14 @@ def test_the_lesson_toggled_both_ways(page: Any, server: LiveServer, artefacts: 
 
     assert page.is_checked("input[name=preset][value=lesson]")
     assert_shows(page, lesson)
-    assert_plot(page, plots)
+    assert_plot(page, traffic, f"{server.url}/v1/diagnostics")
     assert curl_call(page) == (f"{server.url}/v1/diagnostics?view=summary", LESSON_REQUEST)
     assert python_call(page) == (server.url, "diagnose", LESSON_REQUEST)
 
     page.uncheck("#shortcut")
     wait_for_run(page, 2)
     assert_shows(page, plain)
-    assert_plot(page, plots)
+    assert_plot(page, traffic, f"{server.url}/v1/diagnostics")
     assert curl_call(page)[1] == PLAIN_LESSON
     assert python_call(page)[2] == PLAIN_LESSON
 
@@ -168,8 +172,9 @@ def test_the_lesson_toggled_both_ways(page: Any, server: LiveServer, artefacts: 
     assert (artefacts / "playground.png").stat().st_size > 10_000
 
 
-def test_compare_shortcut_against_plain(page: Any, server: LiveServer, artefacts: Path) -> None:
-    plots = serves_plots(server)
+def test_compare_shortcut_against_plain(
+    page: Any, traffic: Traffic, server: LiveServer, artefacts: Path
+) -> None:
     page.click("#compare")
     wait_for_run(page, 2)
     assert page.get_attribute("#compare", "aria-pressed") == "true"
@@ -186,7 +191,7 @@ def test_compare_shortcut_against_plain(page: Any, server: LiveServer, artefacts
     first = [row[1] for row in rows]  # the baseline's (plain) mean |dL/d out| per layer
     for shown, layer in zip(first, expected["runs"]["plain"]["layers"], strict=True):
         assert same_number(shown, layer["output_grad_mean_abs"])
-    assert_plot(page, plots)
+    assert_plot(page, traffic, f"{server.url}{COMPARE}")
     page.screenshot(path=str(artefacts / "playground-compare.png"), full_page=True)
 
 
