@@ -195,7 +195,9 @@ def test_compare_shortcut_against_plain(
     page.screenshot(path=str(artefacts / "playground-compare.png"), full_page=True)
 
 
-def test_gpt_and_mlp_presets_show_the_api_answer(page: Any, server: LiveServer) -> None:
+def test_gpt_and_mlp_presets_show_the_api_answer(
+    page: Any, traffic: Traffic, server: LiveServer
+) -> None:
     page.check("input[name=preset][value=gpt]")
     wait_for_run(page, 2)
     assert page.is_disabled("#activation") and page.is_enabled("#norm")
@@ -205,6 +207,7 @@ def test_gpt_and_mlp_presets_show_the_api_answer(page: Any, server: LiveServer) 
     assert body["model"]["kind"] == "gpt" and body["model"]["norm"] == "none"
     assert body["loss"] == "cross_entropy"
     assert_shows(page, summary(server, body))
+    assert_plot(page, traffic, f"{server.url}/v1/diagnostics")
 
     page.check("input[name=preset][value=mlp]")
     wait_for_run(page, 4)
