@@ -13,7 +13,7 @@ from service.api import docs, metrics, problems
 from service.api.deps import AppState
 from service.api.metrics import RequestCounter
 from service.api.request_context import RequestContextMiddleware
-from service.api.routes import diagnostics, jobs, meta, sweeps
+from service.api.routes import diagnostics, jobs, meta, playground, sweeps
 from service.api.strict_json import BodyLimitMiddleware
 from service.config import Settings, get_settings
 from service.execution.backend import Backend
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     docs.install(app)
+    app.include_router(playground.router)
     app.include_router(diagnostics.router)
     app.include_router(sweeps.router)
     app.include_router(jobs.router)

@@ -1,5 +1,8 @@
 import math
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -7,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Limits, Settings
 from service.main import create_app
+from tests.browser import LAUNCH_ARGS
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -93,3 +97,28 @@ def live_server() -> Iterator[Any]:
     yield start
     for server in servers:
         server.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium (apt's `chromium`) under Playwright."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium not installed (CI installs it via apt)")
+        pytest.skip("chromium not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def artefacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tests keep what a person may want to look at (screenshots): GRADIAG_TEST_ARTEFACTS,
+    else `artefacts` in pytest's base temporary directory (pytest keeps the last three)."""
+    chosen = os.environ.get("GRADIAG_TEST_ARTEFACTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.getbasetemp() / "artefacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
