@@ -99,9 +99,10 @@ def live_server() -> Iterator[Any]:
         server.__exit__(None, None, None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's headless Chromium (apt's `chromium`) under Playwright."""
+    """Debian's headless Chromium (apt's `chromium`) under Playwright. Per module: Playwright's
+    sync API keeps an event loop running in this thread, where later tests call asyncio.run."""
     sync_api = pytest.importorskip("playwright.sync_api")
     path = shutil.which("chromium")
     if path is None:
