@@ -218,3 +218,22 @@ def test_a_plot_is_the_image_asked_for(live_server):
         png = client.plot(compare, "image/png")
     assert svg.lstrip().startswith(b"<") and b"<svg" in svg
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_local_client_leaves_the_process_as_it_found_it():
+    import gc
+
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    frozen = gc.get_freeze_count()
+    torch.use_deterministic_algorithms(False)
+    try:
+        with LocalClient(make_settings(deterministic=True, torch_threads=1)) as local:
+            assert local.diagnose(LESSON_REQUEST)["diagnosis"]["verdict"] == "healthy"
+            assert torch.are_deterministic_algorithms_enabled()  # the service's setting
+        assert not torch.are_deterministic_algorithms_enabled()  # the caller's, back
+        assert torch.get_num_threads() == before[1]
+        assert gc.get_freeze_count() <= frozen  # nothing more frozen out of the collector's view
+    finally:
+        torch.use_deterministic_algorithms(before[0])

@@ -85,6 +85,9 @@ def open_client(server: str | None, api_key: str | None) -> Client:
         fail(f"the service did not start: {error}")
 
 
+INTERRUPTED = 130  # as a shell reports Ctrl-C
+
+
 @contextmanager
 def connected(
     server: str | None, api_key: str | None, prefix: Sequence[str | int] = ("body",)
@@ -98,6 +101,14 @@ def connected(
     except GradiagProblem as problem:
         stderr().print(render.problem(problem, prefix), highlight=False)
         raise typer.Exit(PROBLEM) from None
+    except KeyboardInterrupt:  # not 1: that is a verdict in --fail-on
+        stderr().print("interrupted", highlight=False)
+        raise typer.Exit(INTERRUPTED) from None
+    except httpx.TimeoutException as error:
+        fail(
+            f"no answer from {client.base_url} in time: {error or type(error).__name__}",
+            UNREACHABLE,
+        )
     except httpx.TransportError as error:
         fail(f"cannot reach {client.base_url}: {error or type(error).__name__}", UNREACHABLE)
 

@@ -12,6 +12,7 @@ from service.cli.calling import (
     DEFAULT_FAIL_ON,
     connected,
     exit_on,
+    fail,
     fail_on,
     progress_bar,
     read_request,
@@ -103,7 +104,10 @@ def plot(
     request = read_request(file)
     with connected(server, api_key) as client:
         image = client.plot(request, media_type)
-    output.write_bytes(image)
+    try:
+        output.write_bytes(image)
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror or error}")
     stderr().print(f"wrote {output} ({len(image):,} bytes)", highlight=False)
 
 

@@ -4,6 +4,7 @@ stopped at the end. Requests reach it through httpx's ASGI transport; a synchron
 reaches it through an event loop of its own, on a thread."""
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any, TypeVar
@@ -56,7 +57,11 @@ class HostedApp:
             raise RuntimeError(f"the app's lifespan ended without {expected}")
         message = answer.result()
         if message["type"] != expected:
-            raise RuntimeError(f"the app's lifespan: {message.get('message') or message['type']}")
+            # Starlette's failure message is the whole traceback: its last line says why.
+            lines = str(message.get("message") or message["type"]).strip().splitlines()
+            with contextlib.suppress(BaseException):  # retrieved: the last line says it
+                await self._task
+            raise RuntimeError(lines[-1])
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -3,6 +3,11 @@ service's own app answers them (the same validation, runs and reports as over HT
 lifespan started once and stopped by `close()` or at the end of a `with` block. Settings
 are the environment's (`GRADIAG_DEVICE`, ...) or those given; API keys do not apply."""
 
+import os
+from dataclasses import dataclass
+
+import torch
+
 from service.client.aio import AsyncClient
 from service.client.hosting import HostedApp, LoopThread, LoopTransport
 from service.client.retry import DEFAULT_RETRY, Retry
@@ -14,8 +19,32 @@ LOCAL_URL = "http://gradiag.local"
 
 
 def _hosted(settings: Settings | None) -> HostedApp:
-    settings = (settings or Settings()).model_copy(update={"api_keys": []})
-    return HostedApp(create_app(settings))
+    # A notebook's process is not the service's: no frozen garbage collector, no one-arena
+    # malloc (neither can be undone), and torch's global settings restored at `close()`.
+    local = {"api_keys": [], "gc_freeze": False, "malloc_arenas": 0}
+    return HostedApp(create_app((settings or Settings()).model_copy(update=local)))
+
+
+@dataclass(frozen=True)
+class TorchState:
+    """What the service's runtime sets process-wide in torch, to be put back."""
+
+    deterministic: bool
+    threads: int
+    cublas_workspace: str | None
+
+    @classmethod
+    def now(cls) -> "TorchState":
+        workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        return cls(torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(), workspace)
+
+    def restore(self) -> None:
+        torch.use_deterministic_algorithms(self.deterministic)
+        torch.set_num_threads(self.threads)
+        if self.cublas_workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = self.cublas_workspace
 
 
 class LocalClient(Client):
@@ -23,12 +52,14 @@ class LocalClient(Client):
     the app starts here (its errors raise here)."""
 
     def __init__(self, settings: Settings | None = None, *, retry: Retry = DEFAULT_RETRY) -> None:
+        self._torch = TorchState.now()
         self._app = _hosted(settings)
         self._loop = LoopThread()
         try:
             self._loop.run(self._app.start())
         except BaseException:
             self._loop.close()
+            self._torch.restore()
             raise
         transport = LoopTransport(self._loop, self._app.transport())
         super().__init__(LOCAL_URL, api_key="", timeout_s=None, retry=retry, transport=transport)
@@ -41,6 +72,7 @@ class LocalClient(Client):
                 self._loop.run(self._app.stop())
             finally:
                 self._loop.close()
+                self._torch.restore()
 
 
 class AsyncLocalClient(AsyncClient):
@@ -48,6 +80,7 @@ class AsyncLocalClient(AsyncClient):
     loop; the app starts at the first call (or `await start()`)."""
 
     def __init__(self, settings: Settings | None = None, *, retry: Retry = DEFAULT_RETRY) -> None:
+        self._torch = TorchState.now()
         self._app = _hosted(settings)
         transport = self._app.transport()
         super().__init__(LOCAL_URL, api_key="", timeout_s=None, retry=retry, transport=transport)
@@ -57,4 +90,7 @@ class AsyncLocalClient(AsyncClient):
 
     async def aclose(self) -> None:
         await super().aclose()
-        await self._app.stop()
+        try:
+            await self._app.stop()
+        finally:
+            self._torch.restore()
