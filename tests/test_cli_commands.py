@@ -71,8 +71,10 @@ def test_diagnose_shows_the_diagnosis_then_a_row_per_layer():
     ]
     assert [row[1] for row in rows] == [f"layers.{i}" for i in range(5)]
     assert all(row[-1] == "healthy" and "█" in row[-2] for row in rows)
-    # The last layer's ratio to itself is 1, and its bar the longest.
-    assert rows[-1][3] == "1" and rows[-1][-2] == "█" * 20
+    # The scale spans the thresholds, 0.01x to 100x the last layer: the last layer (ratio 1)
+    # sits midway, and every layer of the healthy lesson near it.
+    assert rows[-1][3] == "1" and rows[-1][-2] == "█" * 10
+    assert all(7 <= len(row[-2]) <= 13 for row in rows)
 
 
 def test_diagnose_json_is_what_the_route_answers(server):

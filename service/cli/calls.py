@@ -19,6 +19,7 @@ from service.cli.calling import (
     show,
     stderr,
 )
+from service.schemas.requests import Thresholds
 
 File = Annotated[str, typer.Argument(help="the request as JSON; -: stdin")]
 Server = Annotated[
@@ -52,7 +53,8 @@ def diagnose(
     request = read_request(file)
     with connected(server, api_key) as client:
         report = client.diagnose(request)
-    show(report, as_json, render.diagnostics)
+    thresholds = Thresholds.model_validate(request.get("thresholds") or {}, strict=False)
+    show(report, as_json, lambda r: render.diagnostics(r, thresholds))
     exit_on([report["diagnosis"]["verdict"]], verdicts)
 
 
@@ -85,7 +87,9 @@ def sweep(
     # Submitted as a job: its problems are located under the job's `request`.
     with connected(server, api_key, ("body", "request")) as client, progress_bar("sweep") as bar:
         report = client.sweep(request, progress=bar)
-    show(report, as_json, render.sweep)
+    base = request.get("base") or {}
+    thresholds = Thresholds.model_validate(base.get("thresholds") or {}, strict=False)
+    show(report, as_json, lambda r: render.sweep(r, thresholds))
     exit_on([run["verdict"] for run in report["runs"]], verdicts)
 
 

@@ -13,7 +13,9 @@ from rich.text import Text
 
 from service.api.routes.meta import Capabilities
 from service.client import GradiagProblem
-from service.schemas.reports import CompareReport, DiagnosticsReport, LayerReport
+from service.diagnostics.report import layer_metric
+from service.schemas.reports import CompareReport, DiagnosticsReport
+from service.schemas.requests import Thresholds
 from service.schemas.sweeps import MeanStd, SweepReport
 
 STYLES = {
@@ -27,6 +29,9 @@ BAR_WIDTH = 20
 METRICS = {"output_grad": "mean |dL/dout|", "param_grad": "mean |param grad|"}
 
 
+DEFAULTS = Thresholds()
+
+
 def number(value: float | None) -> str:
     return "—" if value is None else f"{value:.3g}"
 
@@ -36,19 +41,13 @@ def verdict(name: str, bold: bool = False) -> Text:
     return Text(name, style=f"bold {style}" if bold else style)
 
 
-def metric(layer: LayerReport, which: str) -> float | None:
-    """The mean |gradient| the verdict is decided on."""
-    if which == "param_grad":
-        return layer["param_grad_mean_abs"]
-    grad = layer["output_grad"]
-    return grad["mean_abs"] if grad is not None else None
-
-
 class LogScale:
-    """Bars whose length is the log of a value, between the smallest and largest shown."""
+    """Bars whose length is the log of a value, on a scale spanning the values shown and the
+    thresholds (`marks`): never stretched so that a vanishing gradient looks healthy."""
 
-    def __init__(self, values: Iterable[float | None]) -> None:
-        logs = [math.log10(v) for v in values if v is not None and 0 < v < math.inf]
+    def __init__(self, values: Iterable[float | None], marks: Iterable[float] = ()) -> None:
+        shown = [*values, *marks]
+        logs = [math.log10(v) for v in shown if v is not None and 0 < v < math.inf]
         self.low = min(logs, default=0.0)
         self.high = max(logs, default=0.0)
 
@@ -63,15 +62,17 @@ class LogScale:
         return f"log scale {10**self.low:.2g} … {10**self.high:.2g}"
 
 
-def diagnostics(report: DiagnosticsReport) -> RenderableType:
+def diagnostics(report: DiagnosticsReport, thresholds: Thresholds = DEFAULTS) -> RenderableType:
     diagnosis = report["diagnosis"]
     layers = report["layers"]
     which = diagnosis["metric"]
     names = tuple(f"{layer['name']}:" for layer in layers)
     head = Text.assemble(("diagnosis: ", "bold"), verdict(diagnosis["verdict"], bold=True))
     notes = [Text(f"  {f}") for f in diagnosis["findings"] if not f.startswith(names)]
-    values = [metric(layer, which) for layer in layers]
-    scale = LogScale(values)
+    values = [layer_metric(layer, which) for layer in layers]
+    last = values[-1] if values and values[-1] is not None else None
+    marks = [thresholds.vanishing * last, thresholds.exploding * last] if last else []
+    scale = LogScale(values, marks)
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("#", justify="right")
     table.add_column("layer")
@@ -120,7 +121,7 @@ def compare(report: CompareReport) -> RenderableType:
             if layer is None:
                 cells.append("")
             else:
-                value = number(metric(layer, "output_grad"))
+                value = number(layer_metric(layer, "output_grad"))
                 cells.append(Text(value, style=STYLES.get(layer["verdict"], "")))
             if name != baseline:
                 cells.append(number(ratios.get(layer_name, {}).get(name)))
@@ -128,10 +129,11 @@ def compare(report: CompareReport) -> RenderableType:
     return Group(Text.assemble(("baseline: ", "bold"), baseline), summary, table)
 
 
-def sweep(report: SweepReport) -> RenderableType:
+def sweep(report: SweepReport, thresholds: Thresholds = DEFAULTS) -> RenderableType:
     runs = report["runs"]
     paths = list(runs[0]["point"]) if runs else []
-    scale = LogScale(run["first_to_last_ratio"] for run in runs)
+    marks = (thresholds.vanishing, thresholds.exploding)  # the ratio's own thresholds
+    scale = LogScale((run["first_to_last_ratio"] for run in runs), marks)
     table = Table(title="runs", box=box.SIMPLE_HEAD)
     for path in paths:
         table.add_column(path)

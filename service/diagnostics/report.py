@@ -9,6 +9,7 @@ from service.schemas.reports import (
     CompareSummary,
     DiagnosticsReport,
     DiagnosticsSummary,
+    LayerReport,
     LayerSummary,
     ParameterReport,
     Stats,
@@ -104,3 +105,10 @@ def summarise(report: DiagnosticsReport) -> DiagnosticsSummary:
 def summarise_compare(report: CompareReport) -> CompareSummary:
     runs = {name: summarise(run) for name, run in report["runs"].items()}
     return {"baseline": report["baseline"], "runs": runs, "ratios": report["ratios"]}
+
+
+def layer_metric(layer: LayerReport, metric: str) -> float | None:
+    """The mean |gradient| a layer's verdict is decided on (`output_grad` or `param_grad`)."""
+    if metric == "param_grad":
+        return layer["param_grad_mean_abs"]
+    return stat(layer["output_grad"], "mean_abs")

@@ -7,6 +7,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from service.diagnostics.report import layer_metric
 from service.plots.canvas import (
     Chart,
     Marks,
@@ -40,9 +41,7 @@ def gid(kind: str, run: str) -> str:
 
 def layer_mean(report: DiagnosticsReport, layer: LayerReport) -> float | None:
     """The verdict's metric of a layer, as the report's diagnosis names it."""
-    if report["diagnosis"]["metric"] == "param_grad":
-        return layer["param_grad_mean_abs"]
-    return layer["output_grad"]["mean_abs"] if layer["output_grad"] is not None else None
+    return layer_metric(layer, report["diagnosis"]["metric"])
 
 
 def layer_max(report: DiagnosticsReport, layer: LayerReport) -> float | None:
