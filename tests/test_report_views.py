@@ -48,3 +48,19 @@ def test_an_unknown_view_is_a_located_422(client):
     response = client.post(URL, params={"view": "everything"}, json=LESSON_REQUEST)
     assert response.status_code == 422
     assert response.json()["errors"][0]["loc"] == ["query", "view"]
+
+
+def test_a_compare_built_from_models_patches_its_base(client):
+    from service.client.local import LocalClient
+    from service.schemas.requests import CompareRequest, DiagnosticsRequest
+    from tests.conftest import make_settings
+
+    request = CompareRequest(
+        base=DiagnosticsRequest.model_validate(LESSON_REQUEST),
+        variants={"plain": {"model": {"shortcut": False}}, "shortcut": {}},
+    )
+    assert request.base_document["model"]["shortcut"] is True
+    with LocalClient(make_settings()) as local:
+        report = local.compare(request)
+    expected = client.post(f"{URL}/compare", json=LESSON_COMPARE).json()
+    assert report["ratios"] == expected["ratios"]

@@ -1,9 +1,8 @@
 """Request bodies of the diagnostics endpoints."""
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -79,17 +78,30 @@ class DiagnosticsRequest(StrictModel):
     thresholds: Thresholds = Thresholds()
 
 
-Based = TypeVar("Based", bound=BaseModel)
+class BasedRequest(StrictModel):
+    """A request derived from a whole diagnostics request, `base`, whose JSON as sent is kept
+    (`base_document`): patches and axes apply to it, and a dump of the model would copy its
+    tensors."""
+
+    base: DiagnosticsRequest = Field(description="a whole diagnostics request")
+    _base_document: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_base_document(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        model = handler(data)
+        if isinstance(data, dict) and isinstance(data.get("base"), dict):
+            model._base_document = data["base"]
+        return model
+
+    @property
+    def base_document(self) -> dict[str, Any]:
+        if self._base_document is None:  # built from models, not from JSON
+            self._base_document = self.base.model_dump(mode="json", exclude_unset=True)
+        return self._base_document
 
 
-def with_base_document(data: Any, model: Based) -> Based:
-    """Keep the JSON of a request's `base` beside the validated model."""
-    if isinstance(data, dict) and isinstance(data.get("base"), dict):
-        model._base_document = data["base"]  # type: ignore[attr-defined]
-    return model
-
-
-class CompareRequest(StrictModel):
+class CompareRequest(BasedRequest):
     """A base request and named variants, each a JSON Merge Patch (RFC 7386) of the base."""
 
     model_config = ConfigDict(
@@ -106,19 +118,7 @@ class CompareRequest(StrictModel):
         }
     )
 
-    base: DiagnosticsRequest = Field(description="a whole diagnostics request")
     variants: dict[
         Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")],
         dict[str, Any],
     ] = Field(min_length=1, description="name -> merge patch; the first is the baseline")
-    _base_document: dict[str, Any] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _keep_base_document(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        return with_base_document(data, handler(data))
-
-    @property
-    def base_document(self) -> dict[str, Any]:
-        """`base` as sent: the variants patch it (a dump of the model would copy its tensors)."""
-        return self._base_document

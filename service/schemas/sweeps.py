@@ -1,20 +1,17 @@
 """Sweeps: a base request run over the cartesian product of axes."""
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from pydantic import (
     ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
-    PrivateAttr,
     field_validator,
-    model_validator,
 )
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from service.schemas.common import StrictModel
 from service.schemas.reports import LayerSummary, Verdict
-from service.schemas.requests import LESSON_REQUEST, DiagnosticsRequest, with_base_document
+from service.schemas.requests import LESSON_REQUEST, BasedRequest
 
 AxisPath = Annotated[
     str,
@@ -32,7 +29,7 @@ class SweepAxis(StrictModel):
     values: list[Any] = Field(min_length=1, max_length=256)
 
 
-class SweepRequest(StrictModel):
+class SweepRequest(BasedRequest):
     """Every combination of the axes' values is set into `base` and run."""
 
     model_config = ConfigDict(
@@ -57,19 +54,7 @@ class SweepRequest(StrictModel):
         }
     )
 
-    base: DiagnosticsRequest = Field(description="a whole diagnostics request")
     axes: list[SweepAxis] = Field(min_length=1, max_length=8, description="distinct paths")
-    _base_document: dict[str, Any] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _keep_base_document(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        return with_base_document(data, handler(data))
-
-    @property
-    def base_document(self) -> dict[str, Any]:
-        """`base` as sent: the axes set values into it (a dump would copy its tensors)."""
-        return self._base_document
 
     @field_validator("axes")
     @classmethod
