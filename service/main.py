@@ -1,6 +1,7 @@
 """The app factory: settings, lifespan (backend start/stop), routers, errors, docs."""
 
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -84,9 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         devices = DevicePolicy.from_settings(settings, local=local)
         backend: Backend = InProcessBackend(settings) if local else CeleryBackend(settings)
         await backend.start()
+        charts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradiag-charts")
         try:
-            yield {"runs": RunService(settings, devices, backend), "registry": registry}
+            runs = RunService(settings, devices, backend)
+            yield {"runs": runs, "registry": registry, "charts": charts}
         finally:
+            charts.shutdown(wait=False, cancel_futures=True)
             await backend.stop()
 
     app = FastAPI(

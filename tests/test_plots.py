@@ -323,6 +323,9 @@ def test_unacceptable_accept_is_406_before_running(client, route):
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "not_acceptable"
     assert response.headers["vary"] == "Accept"
+    # Before anything runs or is checked: a body whose shapes do not fit is still a 406.
+    misfit = {**PLAIN, "input": [[1.0, 2.0]]} if route == "/v1/diagnostics" else body
+    assert client.post(route, json=misfit, headers={"accept": "text/html"}).status_code == 406
 
 
 def test_respond_async_answers_the_job_as_json_whatever_the_accept(client):

@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+from concurrent.futures import Executor
 from typing import Annotated, TypedDict
 
 from fastapi import Depends, Header, Request
@@ -19,6 +20,7 @@ class AppState(TypedDict):
 
     runs: RunService
     registry: CollectorRegistry  # the app's own metrics (requests)
+    charts: Executor  # one thread: matplotlib draws one chart at a time anyway
 
 
 # `async def` on purpose: FastAPI runs plain `def` dependencies in its threadpool, a thread

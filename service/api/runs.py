@@ -111,5 +111,9 @@ async def answer(
     result = await until_disconnected(request, runs.run(job, owner, arrived, large))
     if media == JSON:
         return json_response(view(result) if view is not None else result, VARY)
-    image = await asyncio.to_thread(render, job, result, IMAGES[media])  # matplotlib blocks
+    # Off the event loop, on the app's one chart thread (not the shared default executor).
+    charts = request.state.charts
+    image = await asyncio.get_running_loop().run_in_executor(
+        charts, render, job, result, IMAGES[media]
+    )
     return Response(image, headers=VARY, media_type=media)
