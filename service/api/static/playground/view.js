@@ -1,8 +1,9 @@
 // Writing a summary (`?view=summary`) into the page: the verdict, a row per layer, the plot.
 
-/** @param {number | null} value @returns {string} 4 significant digits; null is non-finite */
+/** @param {number | null} value @returns {string} 4 significant digits; null (no gradient,
+ * or not finite: the verdict says which) as a dash */
 export function number(value) {
-  return value === null ? "non-finite" : value.toPrecision(4);
+  return value === null ? "—" : value.toPrecision(4);
 }
 
 /** @param {string} tag @param {string} text @param {string} [className] */
@@ -49,6 +50,7 @@ function cell(text, verdict) {
 
 /** @param {any} layer @param {boolean} compare @returns {HTMLTableCellElement[]} a run's cells */
 function layerCells(layer, compare) {
+  if (layer === null) return compare ? [cell(""), cell("")] : [cell(""), cell(""), cell(""), cell("")];
   const verdict = cell(layer.verdict, layer.verdict);
   if (compare) return [cell(number(layer.output_grad_mean_abs)), verdict];
   return [
@@ -71,10 +73,16 @@ export function renderTable(table, summary, compare) {
   const head = document.createElement("tr");
   head.append(...["layer", ...titles].map((title) => element("th", title)));
   table.tHead.replaceChildren(head);
-  const rows = runs[0][1].layers.map((layer, i) => {
+  // Every layer of any run, in order of first appearance: variants may differ in depth.
+  const names = [...new Set(runs.flatMap(([, run]) => run.layers.map((layer) => layer.name)))];
+  const rows = names.map((name) => {
     const row = document.createElement("tr");
-    row.dataset.layer = layer.name;
-    row.append(element("td", layer.name), ...runs.flatMap(([, run]) => layerCells(run.layers[i], compare)));
+    row.dataset.layer = name;
+    const cells = runs.flatMap(([, run]) => {
+      const layer = run.layers.find((candidate) => candidate.name === name);
+      return layer ? layerCells(layer, compare) : layerCells(null, compare);
+    });
+    row.append(element("td", name), ...cells);
     return row;
   });
   table.tBodies[0].replaceChildren(...rows);
