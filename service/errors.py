@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
+from service.text import shorten
+
 Loc = tuple[str | int, ...]
 
 
@@ -72,12 +74,8 @@ MAX_DETAIL_CHARS, MAX_MSG_CHARS, MAX_KEY_CHARS, MAX_ERRORS = 2000, 2000, 64, 50
 MAX_LOC_PARTS = 32  # a location deeper than this keeps its first 8 and last 23 parts
 
 
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
-
-
 def _short_loc(loc: list[Any]) -> list[Any]:
-    parts = [_short(p, MAX_KEY_CHARS) if isinstance(p, str) else p for p in loc]
+    parts = [shorten(p, MAX_KEY_CHARS) if isinstance(p, str) else p for p in loc]
     return parts if len(parts) <= MAX_LOC_PARTS else [*parts[:8], "…", *parts[-23:]]
 
 
@@ -89,12 +87,12 @@ def bounded(document: dict[str, Any]) -> dict[str, Any]:
         {
             **error,
             "loc": _short_loc(error.get("loc", [])),
-            "msg": _short(str(error.get("msg", "")), MAX_MSG_CHARS),
+            "msg": shorten(str(error.get("msg", "")), MAX_MSG_CHARS),
         }
         for error in errors[:MAX_ERRORS]
     ]
     extra = {"errors_omitted": len(errors) - MAX_ERRORS} if len(errors) > MAX_ERRORS else {}
-    detail = _short(str(document.get("detail", "")), MAX_DETAIL_CHARS)
+    detail = shorten(str(document.get("detail", "")), MAX_DETAIL_CHARS)
     return {**document, "detail": detail, "errors": kept, **extra}
 
 

@@ -1,7 +1,6 @@
 """Reports as a person reads them: the diagnosis first, then one row per layer (or variant,
 or run) with its mean |gradient|, its ratio and its verdict, coloured."""
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,6 +13,7 @@ from rich.text import Text
 from service.api.routes.meta import Capabilities
 from service.client import GradiagProblem
 from service.diagnostics.report import layer_metric
+from service.diagnostics.sweep import axis_value
 from service.schemas.reports import CompareReport, DiagnosticsReport
 from service.schemas.requests import Thresholds
 from service.schemas.sweeps import MeanStd, SweepReport
@@ -30,6 +30,7 @@ METRICS = {"output_grad": "mean |dL/dout|", "param_grad": "mean |param grad|"}
 
 
 DEFAULTS = Thresholds()
+AXIS_VALUE_CHARS = 24
 
 
 def number(value: float | None) -> str:
@@ -222,12 +223,7 @@ def problem(error: GradiagProblem, prefix: Sequence[str | int] = ("body",)) -> T
 
 def _axis_values(paths: list[str], point: dict[str, int], axes: dict[str, Any]) -> list[str]:
     """Each axis's value where the report repeats it, else its index among the axis's."""
-    return [_short(axes[p]) if p in axes else f"#{point[p]}" for p in paths]
-
-
-def _short(value: Any) -> str:
-    written = json.dumps(value, separators=(",", ":"))
-    return written if len(written) <= 24 else written[:23] + "…"
+    return [axis_value(point, axes, p, AXIS_VALUE_CHARS) for p in paths]
 
 
 def _union(names: Iterable[str]) -> list[str]:

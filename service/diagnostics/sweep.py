@@ -12,6 +12,7 @@ from service.diagnostics.report import layer_rows, stat
 from service.errors import InvalidRequest, Loc
 from service.schemas.reports import DiagnosticsReport
 from service.schemas.sweeps import SMALL_VALUE_BYTES, MeanStd, SeedGroup, SweepReport, SweepRun
+from service.text import shorten
 
 SEED_AXIS = "seed"
 
@@ -71,6 +72,14 @@ def run_labels(axes: Sequence[Any], choices: Sequence[tuple[int, ...]]) -> list[
         }
         for choice in choices
     ]
+
+
+def axis_value(point: dict[str, int], axes: dict[str, Any], path: str, limit: int) -> str:
+    """A run's value on an axis as compact JSON, or `#index` where the report names it by
+    its index only."""
+    if path not in axes:
+        return f"#{point[path]}"
+    return shorten(orjson.dumps(axes[path]).decode(), limit)
 
 
 def summarise_run(label: dict[str, Any], report: DiagnosticsReport) -> SweepRun:

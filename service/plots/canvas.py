@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter
 from matplotlib.typing import RcKeyType
 
+from service.text import shorten
+
 ImageFormat = Literal["svg", "png"]
 
 # Fixed here so that no matplotlibrc changes a chart; the salt makes SVG ids repeatable.
@@ -87,7 +89,7 @@ def new_figure() -> tuple[Figure, Axes]:
 
 def short(text: str, limit: int = LABEL_CHARS) -> str:
     """A label cut to fit the chart's margins; titles keep the whole text."""
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+    return shorten(text, limit)
 
 
 def legend(ax: Axes, handles: list[Any]) -> None:

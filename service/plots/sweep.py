@@ -4,10 +4,9 @@ across seeds where `seed` is an axis), a line per combination of the other axes.
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from matplotlib.axes import Axes
 
-from service.diagnostics.sweep import SEED_AXIS
+from service.diagnostics.sweep import SEED_AXIS, axis_value
 from service.plots.canvas import (
     Chart,
     Marks,
@@ -18,7 +17,6 @@ from service.plots.canvas import (
     number,
     positive,
     shade_bands,
-    short,
 )
 from service.schemas.requests import Thresholds
 from service.schemas.sweeps import SweepReport
@@ -43,10 +41,7 @@ class Row:
 
 def value_label(row: Row, path: str) -> str:
     """An axis value as compact JSON, or `#index` where the report names it by index."""
-    if path not in row.axes:
-        return f"#{row.point[path]}"
-    text = orjson.dumps(row.axes[path]).decode()
-    return short(text, VALUE_CHARS)
+    return axis_value(row.point, row.axes, path, VALUE_CHARS)
 
 
 def rows(report: SweepReport) -> tuple[list[Row], bool]:
