@@ -82,11 +82,17 @@ _INITIALISERS: dict[type[nn.Module], Initialiser] = {
     nn.Linear: _linear_like,
     nn.Conv1d: _linear_like,
     nn.Conv2d: _linear_like,
+    # Transposed: fan_in from the weight (in, out/groups, k...) as _ConvNd computes it.
+    nn.ConvTranspose1d: _linear_like,
+    nn.ConvTranspose2d: _linear_like,
     nn.Embedding: _embedding,
     nn.LayerNorm: _deterministic,
     nn.RMSNorm: _deterministic,
     nn.BatchNorm1d: _deterministic,
     nn.BatchNorm2d: _deterministic,
+    nn.GroupNorm: _deterministic,
+    nn.InstanceNorm1d: _deterministic,
+    nn.InstanceNorm2d: _deterministic,
 }
 
 

@@ -2,41 +2,30 @@
 
 A shape rule maps (spec, input shape) to (output shape, estimate) or raises ShapeMismatch
 naming the layer; a builder makes the module for a known input shape (under the meta
-device). Adding a layer type is one spec model in `schemas/layers.py` and one entry here.
+device). Adding a layer type is one spec model in `schemas/layers.py` and one entry here
+(or in `spatial`, which holds the layers on (N, C, ...) inputs: convolutions, pools, channel
+norms and channel dropout).
 """
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from service.architectures.activations import ACTIVATIONS, make_activation
 from service.architectures.base import Estimate, Shape
+from service.architectures.layer_rules import LayerType
+from service.architectures.layer_rules import fail as _fail
+from service.architectures.layer_rules import need_dims as _need_dims
 from service.architectures.modules import (
     MultiHeadAttention,
     Residual,
     SeededDropout,
     TransformerBlock,
 )
-from service.errors import Loc, ShapeMismatch
-
-
-@dataclass(frozen=True)
-class LayerType:
-    infer: Callable[[Any, Shape, Loc], tuple[Shape, Estimate]]
-    build: Callable[[Any, Shape], nn.Module]
-
-
-def _fail(loc: Loc, spec: Any, shape: Shape, why: str) -> ShapeMismatch:
-    index = next((p for p in reversed(loc) if isinstance(p, int)), "?")
-    return ShapeMismatch.at(loc, f"layer {index} ({spec.type}) on input {list(shape)}: {why}")
-
-
-def _need_dims(spec: Any, shape: Shape, loc: Loc, dims: Sequence[int], what: str) -> None:
-    if len(shape) not in dims:
-        raise _fail(loc, spec, shape, f"expects {what}")
+from service.architectures.spatial import SPATIAL_LAYERS
+from service.errors import Loc
 
 
 def _elementwise(saved: int) -> Callable[[Any, Shape, Loc], tuple[Shape, Estimate]]:
@@ -91,51 +80,6 @@ def _flatten_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
         raise _fail(loc, spec, shape, "start_dim comes after end_dim")
     out = (*shape[:start], math.prod(shape[start : end + 1]), *shape[end + 1 :])
     return out, Estimate(layers=1)
-
-
-# convolution and pooling -------------------------------------------------------------------
-def _window(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def _conv_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
-    spatial = 1 if spec.type == "conv1d" else 2
-    _need_dims(spec, shape, loc, (2 + spatial,), "(N, C, L)" if spatial == 1 else "(N, C, H, W)")
-    sizes = [_window(s, spec.kernel_size, spec.stride, spec.padding) for s in shape[2:]]
-    if min(sizes) < 1:
-        raise _fail(loc, spec, shape, f"kernel {spec.kernel_size} larger than the padded input")
-    c_in, k = shape[1], spec.kernel_size**spatial
-    out = (shape[0], spec.out_channels, *sizes)
-    params = spec.out_channels * c_in * k + (spec.out_channels if spec.bias else 0)
-    flops = 6 * math.prod(out) * c_in * k
-    # The unfolded input (im2col) of the non-oneDNN paths, and its gradient.
-    columns = 2 * math.prod(out) // spec.out_channels * c_in * k
-    estimate = Estimate(params, math.prod(out) + math.prod(shape), flops, 1)
-    return out, estimate + Estimate(workspace_elements=columns)
-
-
-def _conv_build(spec: Any, shape: Shape) -> nn.Module:
-    cls = nn.Conv1d if spec.type == "conv1d" else nn.Conv2d
-    return cls(
-        shape[1], spec.out_channels, spec.kernel_size, spec.stride, spec.padding, bias=spec.bias
-    )
-
-
-def _pool_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
-    _need_dims(spec, shape, loc, (4,), "(N, C, H, W)")
-    if 2 * spec.padding > spec.kernel_size:
-        raise _fail(loc, spec, shape, "padding must be at most half the kernel size")
-    stride = spec.stride or spec.kernel_size
-    sizes = [_window(s, spec.kernel_size, stride, spec.padding) for s in shape[2:]]
-    if min(sizes) < 1:
-        raise _fail(loc, spec, shape, f"kernel {spec.kernel_size} larger than the padded input")
-    out = (*shape[:2], *sizes)
-    return out, Estimate(0, 2 * math.prod(out), 3 * math.prod(shape), 1)
-
-
-def _pool_build(spec: Any, shape: Shape) -> nn.Module:
-    cls = nn.MaxPool2d if spec.type == "max_pool2d" else nn.AvgPool2d
-    return cls(spec.kernel_size, spec.stride or spec.kernel_size, spec.padding)
 
 
 # embedding -----------------------------------------------------------------------------------
@@ -245,16 +189,13 @@ LAYER_TYPES: dict[str, LayerType] = {
     "batch_norm": LayerType(_batch_norm_infer, _batch_norm_build),
     "dropout": LayerType(_elementwise(1), lambda s, _: SeededDropout(s.p)),
     "flatten": LayerType(_flatten_infer, lambda s, _: nn.Flatten(s.start_dim, s.end_dim)),
-    "conv1d": LayerType(_conv_infer, _conv_build),
-    "conv2d": LayerType(_conv_infer, _conv_build),
-    "max_pool2d": LayerType(_pool_infer, _pool_build),
-    "avg_pool2d": LayerType(_pool_infer, _pool_build),
     "embedding": LayerType(
         _embedding_infer, lambda s, _: nn.Embedding(s.num_embeddings, s.embedding_dim)
     ),
     "attention": LayerType(_attention_infer, _attention_build),
     "transformer_block": LayerType(_attention_infer, _block_build),
     "residual": LayerType(_residual_infer, _residual_build),
+    **SPATIAL_LAYERS,
 }
 
 

@@ -11,6 +11,7 @@ The causal mask is computed per call rather than stored as a buffer: same mask, 
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from service.architectures.activations import GELUTanh
 from service.architectures.init import SeededInit
@@ -40,6 +41,30 @@ class SeededDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class ChannelDropout(SeededDropout):
+    """nn.Dropout1d / nn.Dropout2d on a given generator: whole channels zeroed, by PyTorch's
+    feature dropout: Bernoulli(1-p) noise of shape (N, C, 1, ...), scaled by 1/(1-p)."""
+
+    def __init__(self, p: float, spatial: int):
+        super().__init__(p)
+        self.spatial = spatial  # 1: Dropout1d on (N, C, L); 2: Dropout2d on (N, C, H, W)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.generator is None:
+            raise RuntimeError("ChannelDropout used without a generator")
+        # CUDA draws on its own generator, as there; other devices (mps) draw on the CPU.
+        cuda = self.generator.device.type == "cuda"
+        shape = (*x.shape[:2], *(1,) * (x.dim() - 2))
+        noise = torch.empty(shape, dtype=x.dtype, device=self.generator.device if cuda else "cpu")
+        noise.bernoulli_(1 - self.p, generator=self.generator).div_(1 - self.p)
+        return x * noise.to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, spatial={self.spatial}"
 
 
 class LayerNorm(nn.Module, SeededInit):
@@ -208,3 +233,22 @@ class Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.projection is None else self.projection(x)
         return self.body(x) + shortcut
+
+
+class GlobalPool(nn.Module):
+    """(N, C, ...) -> (N, C): the mean (`avg`) or the maximum (`max`) of each channel, as
+    adaptive pooling to size 1 and a flatten compute it (`max` routes each gradient to one
+    maximum of its channel, as adaptive max pooling does)."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "avg":  # adaptive_avg_pool to size 1 computes this mean
+            return x.mean(dim=tuple(range(2, x.dim())))
+        pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[x.dim() - 3]
+        return pool(x, 1).flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}"

@@ -40,6 +40,25 @@ _TAKES = {
     "conv2d": "(batch, channels, height, width)",
     "max_pool2d": "(batch, channels, height, width)",
     "avg_pool2d": "(batch, channels, height, width)",
+    **dict.fromkeys(
+        (
+            "conv_transpose1d",
+            "max_pool1d",
+            "avg_pool1d",
+            "adaptive_avg_pool1d",
+            "adaptive_max_pool1d",
+            "dropout1d",
+        ),
+        "(batch, channels, length)",
+    ),
+    **dict.fromkeys(
+        ("conv_transpose2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "dropout2d"),
+        "(batch, channels, height, width)",
+    ),
+    **dict.fromkeys(
+        ("global_avg_pool", "global_max_pool", "group_norm", "instance_norm"),
+        "(batch, channels, ...)",
+    ),
     "attention": "(batch, tokens, features)",
     "transformer_block": "(batch, tokens, features)",
 }

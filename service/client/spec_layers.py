@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from service.architectures.activations import ACTIVATIONS, GELUTanh, make_activation
-from service.architectures.modules import SeededDropout
+from service.architectures.modules import ChannelDropout, GlobalPool, SeededDropout
 from service.client.spec_check import UnsupportedModule, describe, is_torch_class
 
 Spec = dict[str, Any]
@@ -98,56 +98,66 @@ def _linear(m: nn.Linear, path: str) -> Spec:
     return {"type": "linear", "out_features": m.out_features, "bias": m.bias is not None}
 
 
-def _conv(m: nn.Conv1d | nn.Conv2d, path: str) -> Spec:
-    kind = "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"
-    kernel, stride = _one(m.kernel_size), _one(m.stride)
-    require(
-        kernel is not None,
-        path,
-        m,
-        f"kernel_size={m.kernel_size}",
-        "the grammar's kernels are square",
-    )
-    require(
-        stride is not None,
-        path,
-        m,
-        f"stride={m.stride}",
-        "the grammar has one stride for all dimensions",
-    )
-    require(_one(m.dilation) == 1, path, m, f"dilation={m.dilation}", "the grammar has dilation 1")
-    require(m.groups == 1, path, m, f"groups={m.groups}", "the grammar has groups=1")
-    mode = m.padding_mode
-    require(mode == "zeros", path, m, f"padding_mode='{mode}'", "the grammar pads with zeros")
-    assert kernel is not None
-    if m.padding == "valid":
-        padding: int | None = 0
-    elif m.padding == "same":  # symmetric only for odd kernels (stride is 1 with 'same')
-        odd = kernel % 2 == 1
-        require(odd, path, m, "padding='same' and an even kernel", "the grammar pads symmetrically")
-        padding = (kernel - 1) // 2
-    else:
-        padding = _one(m.padding)
-        require(
-            padding is not None,
-            path,
-            m,
-            f"padding={m.padding}",
-            "the grammar has one padding for all sides",
-        )
-    bias = m.bias is not None
+def _uniform(m: nn.Module, path: str, option: str, grammar: str) -> int:
+    """An int option, or a tuple option equal in every dimension, as one int."""
+    value = _one(getattr(m, option))
+    require(value is not None, path, m, f"{option}={getattr(m, option)}", grammar)
+    assert value is not None
+    return value
+
+
+def _kernel_stride_dilation(m: nn.Module, path: str) -> dict[str, int]:
     return {
-        "type": kind,
-        "out_channels": m.out_channels,
-        "kernel_size": kernel,
-        "stride": stride,
-        "padding": padding,
-        "bias": bias,
+        "kernel_size": _uniform(m, path, "kernel_size", "the grammar's kernels are square"),
+        "stride": _uniform(m, path, "stride", "the grammar has one stride for all dimensions"),
+        "dilation": _uniform(
+            m, path, "dilation", "the grammar has one dilation for all dimensions"
+        ),
     }
 
 
-def _pool(m: nn.MaxPool2d | nn.AvgPool2d, path: str) -> Spec:
-    kind = "max_pool2d" if isinstance(m, nn.MaxPool2d) else "avg_pool2d"
+def _conv(m: nn.Conv1d | nn.Conv2d, path: str) -> Spec:
+    kind = "conv1d" if isinstance(m, nn.Conv1d) else "conv2d"
+    options = _kernel_stride_dilation(m, path)
+    if isinstance(m.padding, str):  # 'same' or 'valid', as the grammar names them
+        padding: int | str = m.padding
+    else:
+        padding = _uniform(m, path, "padding", "the grammar has one padding for all sides")
+    return {
+        "type": kind,
+        "out_channels": m.out_channels,
+        **options,
+        "padding": padding,
+        "groups": m.groups,
+        "bias": m.bias is not None,
+        "padding_mode": m.padding_mode,
+    }
+
+
+def _conv_transpose(m: nn.ConvTranspose1d | nn.ConvTranspose2d, path: str) -> Spec:
+    kind = "conv_transpose1d" if isinstance(m, nn.ConvTranspose1d) else "conv_transpose2d"
+    sides = "the grammar has one padding for all sides"
+    return {
+        "type": kind,
+        "out_channels": m.out_channels,
+        **_kernel_stride_dilation(m, path),
+        "padding": _uniform(m, path, "padding", sides),
+        "output_padding": _uniform(m, path, "output_padding", sides),
+        "groups": m.groups,
+        "bias": m.bias is not None,
+    }
+
+
+_POOLS: dict[type[nn.Module], str] = {
+    nn.MaxPool1d: "max_pool1d",
+    nn.AvgPool1d: "avg_pool1d",
+    nn.MaxPool2d: "max_pool2d",
+    nn.AvgPool2d: "avg_pool2d",
+}
+
+
+def _pool(m: nn.MaxPool1d | nn.AvgPool1d | nn.MaxPool2d | nn.AvgPool2d, path: str) -> Spec:
+    kind = _POOLS[type(m)]
     kernel, stride, padding = _one(m.kernel_size), _one(m.stride), _one(m.padding)
     require(
         kernel is not None,
@@ -171,7 +181,7 @@ def _pool(m: nn.MaxPool2d | nn.AvgPool2d, path: str) -> Spec:
         "the grammar has one padding for all sides",
     )
     require(not m.ceil_mode, path, m, "ceil_mode=True", "the grammar rounds output sizes down")
-    if isinstance(m, nn.MaxPool2d):
+    if isinstance(m, nn.MaxPool1d | nn.MaxPool2d):
         require(
             _one(m.dilation) == 1, path, m, f"dilation={m.dilation}", "the grammar has dilation 1"
         )
@@ -191,7 +201,7 @@ def _pool(m: nn.MaxPool2d | nn.AvgPool2d, path: str) -> Spec:
             "count_include_pad=False",
             "the grammar counts the padding in the mean",
         )
-        divisor = m.divisor_override
+        divisor = getattr(m, "divisor_override", None)  # AvgPool1d has none
         require(
             divisor is None,
             path,
@@ -201,6 +211,48 @@ def _pool(m: nn.MaxPool2d | nn.AvgPool2d, path: str) -> Spec:
         )
     spec: Spec = {"type": kind, "kernel_size": kernel, "padding": padding}
     return spec if stride == kernel else spec | {"stride": stride}
+
+
+_ADAPTIVE: dict[type[nn.Module], str] = {
+    nn.AdaptiveAvgPool1d: "adaptive_avg_pool1d",
+    nn.AdaptiveMaxPool1d: "adaptive_max_pool1d",
+    nn.AdaptiveAvgPool2d: "adaptive_avg_pool2d",
+    nn.AdaptiveMaxPool2d: "adaptive_max_pool2d",
+}
+
+
+def _adaptive_pool(m: Any, path: str) -> Spec:
+    sizes = m.output_size if isinstance(m.output_size, tuple) else (m.output_size,)
+    given = None not in sizes
+    require(given, path, m, f"output_size={m.output_size}", "the grammar's sizes are given")
+    indices = getattr(m, "return_indices", False)
+    require(not indices, path, m, "return_indices=True", "the grammar's pools return the output")
+    size = _one(sizes)
+    return {"type": _ADAPTIVE[type(m)], "output_size": list(sizes) if size is None else size}
+
+
+def _group_norm(m: nn.GroupNorm, path: str) -> Spec:
+    return {
+        "type": "group_norm",
+        "num_groups": m.num_groups,
+        "eps": float(m.eps),
+        "affine": m.affine,
+    }
+
+
+def _instance_norm(m: nn.InstanceNorm1d | nn.InstanceNorm2d, path: str) -> Spec:
+    momentum = m.momentum
+    require(
+        momentum is not None, path, m, "momentum=None", "the grammar's instance_norm has a float"
+    )
+    assert momentum is not None
+    return {
+        "type": "instance_norm",
+        "eps": float(m.eps),
+        "momentum": float(momentum),
+        "affine": m.affine,
+        "track_running_stats": m.track_running_stats,
+    }
 
 
 def _layer_norm(m: nn.LayerNorm, path: str) -> Spec:
@@ -297,22 +349,34 @@ LEAVES: dict[type[nn.Module], Callable[[Any, str], Spec]] = {
     nn.Linear: _linear,
     nn.Conv1d: _conv,
     nn.Conv2d: _conv,
-    nn.MaxPool2d: _pool,
-    nn.AvgPool2d: _pool,
+    nn.ConvTranspose1d: _conv_transpose,
+    nn.ConvTranspose2d: _conv_transpose,
+    **dict.fromkeys(_POOLS, _pool),
+    **dict.fromkeys(_ADAPTIVE, _adaptive_pool),
+    GlobalPool: lambda m, path: {"type": f"global_{m.mode}_pool"},
+    nn.GroupNorm: _group_norm,
+    nn.InstanceNorm1d: _instance_norm,
+    nn.InstanceNorm2d: _instance_norm,
     nn.LayerNorm: _layer_norm,
     nn.RMSNorm: _rms_norm,
     nn.BatchNorm1d: _batch_norm,
     nn.BatchNorm2d: _batch_norm,
     nn.Dropout: lambda m, path: {"type": "dropout", "p": dropout_p(m, path)},
     SeededDropout: lambda m, path: {"type": "dropout", "p": dropout_p(m, path)},
+    nn.Dropout1d: lambda m, path: {"type": "dropout1d", "p": float(m.p)},
+    nn.Dropout2d: lambda m, path: {"type": "dropout2d", "p": float(m.p)},
+    ChannelDropout: lambda m, path: {"type": f"dropout{m.spatial}d", "p": float(m.p)},
     nn.Flatten: lambda m, path: {"type": "flatten", "start_dim": m.start_dim, "end_dim": m.end_dim},
     nn.Embedding: _embedding,
     **{cls: _activation for cls in (*_PLAIN, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Softplus)},
 }
 
 SUPPORTED = (
-    "nn.Sequential and nn.ModuleList, nn.Linear, nn.Conv1d, nn.Conv2d, nn.MaxPool2d, "
-    "nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.RMSNorm, nn.Dropout, "
+    "nn.Sequential and nn.ModuleList, nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, "
+    "nn.ConvTranspose2d, nn.MaxPool1d, nn.AvgPool1d, nn.MaxPool2d, nn.AvgPool2d, "
+    "nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, "
+    "nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, "
+    "nn.LayerNorm, nn.RMSNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, "
     "nn.Flatten, nn.Embedding, nn.ReLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, "
     "nn.SiLU, nn.Softplus, nn.Identity, a parameterless module computing one of these "
     "activations, the course's LayerNorm, MultiHeadAttention, TransformerBlock, GPTModel and "

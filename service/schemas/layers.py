@@ -4,9 +4,9 @@ Input sizes are never repeated: each layer"s input shape is inferred from the on
 The builders and shape rules live in `service.architectures.layers`, one entry per type.
 """
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Self, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from service.architectures.activations import ACTIVATIONS
 from service.schemas.common import StrictModel, example
@@ -16,6 +16,7 @@ Probability = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
 PositiveEps = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Kernel = Annotated[int, Field(ge=1, le=4096)]
 Padding = Annotated[int, Field(ge=0, le=4096)]
+Groups = Annotated[int, Field(ge=1, le=2**16)]
 
 
 class LinearLayer(StrictModel):
@@ -86,6 +87,39 @@ class FlattenLayer(StrictModel):
     end_dim: Annotated[int, Field(ge=-8, le=8)] = -1
 
 
+class GroupNormLayer(StrictModel):
+    """nn.GroupNorm(num_groups, num_channels inferred from dim 1) on (N, C, ...)."""
+
+    model_config = example({"type": "group_norm", "num_groups": 4})
+
+    type: Literal["group_norm"]
+    num_groups: Groups
+    eps: PositiveEps = 1e-5
+    affine: bool = True
+
+
+class InstanceNormLayer(StrictModel):
+    """nn.InstanceNorm1d for (N, C, L) inputs, nn.InstanceNorm2d for (N, C, H, W)."""
+
+    model_config = example({"type": "instance_norm"})
+
+    type: Literal["instance_norm"]
+    eps: PositiveEps = 1e-5
+    momentum: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.1
+    affine: bool = False
+    track_running_stats: bool = False
+
+
+class ChannelDropoutLayer(StrictModel):
+    """nn.Dropout1d on (N, C, L) / nn.Dropout2d on (N, C, H, W): whole channels zeroed with
+    probability `p`; masks are drawn from the request's seed."""
+
+    model_config = example({"type": "dropout2d", "p": 0.1})
+
+    type: Literal["dropout1d", "dropout2d"]
+    p: Probability = 0.5
+
+
 class ConvLayer(StrictModel):
     """nn.Conv1d on (N, C, L) / nn.Conv2d on (N, C, H, W); in_channels inferred."""
 
@@ -95,19 +129,86 @@ class ConvLayer(StrictModel):
     out_channels: Size
     kernel_size: Kernel
     stride: Kernel = 1
-    padding: Padding = 0
+    padding: Padding | Literal["same", "valid"] = Field(
+        0, description="each side's padding, or 'same' (stride 1 only) or 'valid' (none)"
+    )
+    dilation: Kernel = 1
+    groups: Groups = 1
     bias: bool = True
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
+
+    @model_validator(mode="after")
+    def _same_needs_stride_1(self) -> Self:
+        if self.padding == "same" and self.stride != 1:
+            raise ValueError("padding='same' is not supported for strided convolutions")
+        return self
+
+
+class ConvTransposeLayer(StrictModel):
+    """nn.ConvTranspose1d on (N, C, L) / nn.ConvTranspose2d on (N, C, H, W); in_channels
+    inferred."""
+
+    model_config = example({"type": "conv_transpose2d", "out_channels": 8, "kernel_size": 2,
+                            "stride": 2})  # fmt: skip
+
+    type: Literal["conv_transpose1d", "conv_transpose2d"]
+    out_channels: Size
+    kernel_size: Kernel
+    stride: Kernel = 1
+    padding: Padding = 0
+    output_padding: Annotated[int, Field(ge=0, le=4096)] = Field(
+        0, description="added to one side of the output; less than stride or dilation"
+    )
+    groups: Groups = 1
+    bias: bool = True
+    dilation: Kernel = 1
+
+    @model_validator(mode="after")
+    def _output_padding_below_stride_or_dilation(self) -> Self:
+        if self.output_padding >= max(self.stride, self.dilation):
+            raise ValueError("output_padding must be smaller than either stride or dilation")
+        return self
 
 
 class PoolLayer(StrictModel):
-    """nn.MaxPool2d / nn.AvgPool2d on (N, C, H, W); stride defaults to kernel_size."""
+    """nn.MaxPool1d / nn.AvgPool1d on (N, C, L), nn.MaxPool2d / nn.AvgPool2d on (N, C, H, W);
+    stride defaults to kernel_size."""
 
     model_config = example({"type": "max_pool2d", "kernel_size": 2})
 
-    type: Literal["max_pool2d", "avg_pool2d"]
+    type: Literal["max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d"]
     kernel_size: Kernel
     stride: Kernel | None = None
     padding: Padding = 0
+
+
+class AdaptivePoolLayer(StrictModel):
+    """nn.AdaptiveAvgPool1d / nn.AdaptiveMaxPool1d on (N, C, L), nn.AdaptiveAvgPool2d /
+    nn.AdaptiveMaxPool2d on (N, C, H, W)."""
+
+    model_config = example({"type": "adaptive_avg_pool2d", "output_size": 1})
+
+    type: Literal[
+        "adaptive_avg_pool1d", "adaptive_max_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool2d"
+    ]
+    output_size: Size | Annotated[list[Size], Field(min_length=2, max_length=2)] = Field(
+        description="the output's length, or its [height, width] (2d; an int for both)"
+    )
+
+    @model_validator(mode="after")
+    def _pair_only_in_2d(self) -> Self:
+        if isinstance(self.output_size, list) and self.type.endswith("1d"):
+            raise ValueError("a 1d pool's output_size is one int")
+        return self
+
+
+class GlobalPoolLayer(StrictModel):
+    """The mean or maximum of each channel: (N, C, ...) -> (N, C), as adaptive_avg_pool /
+    adaptive_max_pool to size 1 then flatten compute it."""
+
+    model_config = example({"type": "global_avg_pool"})
+
+    type: Literal["global_avg_pool", "global_max_pool"]
 
 
 class EmbeddingLayer(StrictModel):
@@ -173,7 +274,13 @@ LayerSpec = Annotated[
         DropoutLayer,
         FlattenLayer,
         ConvLayer,
+        ConvTransposeLayer,
         PoolLayer,
+        AdaptivePoolLayer,
+        GlobalPoolLayer,
+        GroupNormLayer,
+        InstanceNormLayer,
+        ChannelDropoutLayer,
         EmbeddingLayer,
         AttentionLayer,
         TransformerBlockLayer,
