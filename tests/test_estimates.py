@@ -118,13 +118,49 @@ TRANSFORMER = [
     {"type": "linear", "out_features": 50},
 ]
 
+CONV_OPTIONS = [
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": "same", "dilation": 2,
+     "groups": 2, "padding_mode": "reflect"},
+    {"type": "group_norm", "num_groups": 3},
+    {"type": "relu"},
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 4, "padding": "same"},  # asymmetric
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "stride": 2, "padding": 1,
+     "padding_mode": "circular", "groups": 3},
+    {"type": "instance_norm", "affine": True, "track_running_stats": True},
+    {"type": "dropout2d", "p": 0.5},
+    {"type": "conv_transpose2d", "out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1,
+     "output_padding": 1, "groups": 2},
+    {"type": "adaptive_max_pool2d", "output_size": [5, 4]},
+    {"type": "max_pool2d", "kernel_size": 2},
+    {"type": "adaptive_avg_pool2d", "output_size": 3},
+    {"type": "global_avg_pool"},
+    {"type": "linear", "out_features": 10},
+]  # fmt: skip
+CHANNELS_1D = [
+    {"type": "adaptive_avg_pool1d", "output_size": 12},  # first: its input is not counted
+    {"type": "conv1d", "out_channels": 8, "kernel_size": 4, "padding": "same",
+     "padding_mode": "replicate"},
+    {"type": "instance_norm"},
+    {"type": "tanh"},
+    {"type": "dropout1d", "p": 0.5},
+    {"type": "max_pool1d", "kernel_size": 3, "stride": 2, "padding": 1},
+    {"type": "conv1d", "out_channels": 8, "kernel_size": 3, "groups": 8, "dilation": 2},
+    {"type": "avg_pool1d", "kernel_size": 2},
+    {"type": "conv_transpose1d", "out_channels": 4, "kernel_size": 4, "stride": 3, "dilation": 2},
+    {"type": "adaptive_max_pool1d", "output_size": 6},
+    {"type": "group_norm", "num_groups": 2, "affine": False},
+    {"type": "global_max_pool"},
+    {"type": "linear", "out_features": 3},
+]  # fmt: skip
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("layers", "shape"),
-    [(CNN, (4, 3, 12, 12)), (NORMS, (8, 20)), (TRANSFORMER, (2, 12))],
-    ids=["cnn", "norms", "transformer"],
-)
+    [(CNN, (4, 3, 12, 12)), (NORMS, (8, 20)), (TRANSFORMER, (2, 12)),
+     (CONV_OPTIONS, (4, 4, 12, 12)), (CHANNELS_1D, (4, 4, 16))],
+    ids=["cnn", "norms", "transformer", "conv_options", "channels_1d"],
+)  # fmt: skip
 def test_sequential_layer_estimates_bound_what_is_saved(layers, shape, dtype):
     spec = SequentialSpec.model_validate({"kind": "sequential", "layers": layers})
     assert_estimate_bounds(spec, shape, dtype)
@@ -168,6 +204,27 @@ CONV7 = {
     "loss": "sum",
     "dtype": "float64",  # float64 convolutions unfold their input (im2col)
 }
+CONV_GROUPED = {  # each group unfolds its own input, after a contiguous copy of it
+    **CONV7,
+    "model": {"kind": "sequential", "layers": [
+        {"type": "conv2d", "out_channels": 16, "kernel_size": 7, "padding": 3, "groups": 4},
+        {"type": "flatten"}, {"type": "linear", "out_features": 1}]},
+}  # fmt: skip
+CONV_DILATED = {  # a reflection first, then the dilated path's per-sample columns
+    **CONV7,
+    "model": {"kind": "sequential", "layers": [
+        {"type": "conv2d", "out_channels": 16, "kernel_size": 5, "padding": "same",
+         "dilation": 3, "padding_mode": "reflect"},
+        {"type": "flatten"}, {"type": "linear", "out_features": 1}]},
+}  # fmt: skip
+CONV_TRANSPOSED = {
+    **CONV7,
+    "model": {"kind": "sequential", "layers": [
+        {"type": "conv_transpose2d", "out_channels": 16, "kernel_size": 4, "stride": 2,
+         "padding": 1, "groups": 2},
+        {"type": "flatten"}, {"type": "linear", "out_features": 1}]},
+    "input": {"shape": [16, 8, 32, 32], "distribution": "normal"},
+}  # fmt: skip
 GPT_WIDE_VOCABULARY = {
     "model": {"kind": "gpt", "preset": "gpt2-small", "n_layers": 2, "emb_dim": 128, "n_heads": 4},
     "input": {"shape": [4, 256], "distribution": "randint", "low": 0, "high": 50257},
@@ -182,6 +239,9 @@ MEMORY_CASES = {
     "compare_of_4": {"base": WIDE, "variants": {f"v{i}": {"seed": i} for i in range(4)}},
     "gpt_logits": GPT_WIDE_VOCABULARY,
     "conv_im2col": CONV7,
+    "conv_grouped": CONV_GROUPED,
+    "conv_dilated_reflect": CONV_DILATED,
+    "conv_transposed": CONV_TRANSPOSED,
     "activations": {**WIDE, "model": {**WIDE["model"], "layer_sizes": [512] * 9},
                     "input": {"shape": [4096, 512], "distribution": "normal"}},
     "sequential": {**WIDE, "model": {"kind": "sequential",

@@ -357,7 +357,8 @@ BOUNDARIES = {
         [conv(padding=5, padding_mode="circular")], [1, 2, 5, 6],
         lambda: nn.Conv2d(2, 4, 3, padding=5, padding_mode="circular")),
     "kernel_spans_the_padded_input": (
-        [conv(dilation=3, padding=1)], [1, 2, 5, 5], lambda: nn.Conv2d(2, 4, 3, dilation=3, padding=1)),
+        [conv(dilation=3, padding=1)], [1, 2, 5, 5],
+        lambda: nn.Conv2d(2, 4, 3, dilation=3, padding=1)),
     "transposed_output_of_1": (
         [{"type": "conv_transpose2d", "out_channels": 2, "kernel_size": 3, "padding": 1}],
         [1, 2, 1, 1], lambda: nn.ConvTranspose2d(2, 2, 3, padding=1)),

@@ -2,9 +2,10 @@
 
 Each shape rule refuses, naming the layer, what PyTorch would refuse when the module runs
 (channels that groups do not divide, a reflection wider than the input, an empty output), and
-estimates what the layer keeps for backward (`activation_elements`) and its largest transient
-(`workspace_elements`). The builders make PyTorch's own modules (or the two of ours in
-`modules`), with PyTorch's parameter names.
+estimates what the layer keeps for backward (`activation_elements`: its output, which what
+follows may keep, and what it saves beyond its input, which the layer before counted) and its
+largest transient (`workspace_elements`). The builders make PyTorch's own modules (or the
+two of ours in `modules`), with PyTorch's parameter names.
 """
 
 import math
@@ -87,8 +88,10 @@ def _conv_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
     padded_input = shape[0] * c_in * math.prod(padded)
     kept = padded_input if spec.padding_mode != "zeros" or left != right else math.prod(shape)
     # The unfolded input (im2col) of the non-oneDNN paths and its gradient, one group at a
-    # time; grouped, also the group's contiguous input and the outputs before their concat.
-    columns = 2 * math.prod(out) // spec.out_channels * per_group
+    # time, for the whole batch (one sample at a time when dilated); grouped, also the
+    # group's contiguous input and the outputs before their concat.
+    positions = math.prod(sizes) * (1 if spec.dilation > 1 else shape[0])
+    columns = 2 * positions * per_group
     if spec.groups > 1:
         columns += padded_input // spec.groups + math.prod(out)
     estimate = Estimate(params, math.prod(out) + kept, flops, 1)
@@ -160,8 +163,8 @@ def _pool_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
     if min(sizes) < 1:
         raise fail(loc, spec, shape, f"kernel {spec.kernel_size} larger than the padded input")
     out = (*shape[:2], *sizes)
-    # Saved: the input and (max) the int64 indices, twice a float's size.
-    return out, Estimate(0, math.prod(shape) + 2 * math.prod(out), 3 * math.prod(shape), 1)
+    # The output and (max) the int64 indices, twice a float's size.
+    return out, Estimate(0, 3 * math.prod(out), 3 * math.prod(shape), 1)
 
 
 def _pool_build(spec: Any, shape: Shape) -> nn.Module:
@@ -185,8 +188,7 @@ def _adaptive_pool_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Esti
     # Windows overlap when the output is larger than the input: each covers at most
     # ceil(in / out) + 1 positions.
     window = math.prod(-(-s // o) + 1 for s, o in zip(shape[2:], out[2:], strict=True))
-    saved = math.prod(shape) + (2 * math.prod(out) if "max" in spec.type else 0)
-    return out, Estimate(0, saved, 3 * math.prod(out) * window, 1)
+    return out, Estimate(0, 3 * math.prod(out), 3 * math.prod(out) * window, 1)
 
 
 def _adaptive_pool_build(spec: Any, shape: Shape) -> nn.Module:
@@ -203,9 +205,8 @@ def _adaptive_pool_build(spec: Any, shape: Shape) -> nn.Module:
 def _global_pool_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
     need_dims(spec, shape, loc, (3, 4, 5), "(N, C, L), (N, C, H, W) or (N, C, D, H, W)")
     out = shape[:2]
-    # A mean keeps nothing; adaptive max pooling keeps its input and the indices.
-    saved = math.prod(shape) + 2 * math.prod(out) if spec.type == "global_max_pool" else 0
-    return out, Estimate(0, saved, 3 * math.prod(shape), 1)
+    # The output and (max) the indices of the maxima.
+    return out, Estimate(0, 3 * math.prod(out), 3 * math.prod(shape), 1)
 
 
 # channel norms -------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def _group_norm_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimat
         why = f"num_groups={spec.num_groups} does not divide the {shape[1]} channels"
         raise fail(loc, spec, shape, why)
     n, stats = math.prod(shape), shape[0] * spec.num_groups
-    # Saved: the input, and each group's mean and reciprocal deviation.
+    # The output, and each group's mean and reciprocal deviation.
     return shape, Estimate(2 * shape[1] if spec.affine else 0, n + 2 * stats, 24 * n, 1)
 
 
@@ -224,8 +225,8 @@ def _instance_norm_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Esti
     if not spec.track_running_stats and math.prod(shape[2:]) == 1:
         raise fail(loc, spec, shape, "needs more than 1 spatial element per channel")
     n, stats = math.prod(shape), shape[0] * shape[1]
-    # Saved: the input (as one batch norm over N·C channels), the per-channel statistics, the
-    # weight and running statistics repeated N times.
+    # The output, and (as one batch norm over N·C channels) the per-channel statistics, the
+    # weight and the running statistics repeated N times.
     return shape, Estimate(2 * shape[1] if spec.affine else 0, n + 6 * stats, 24 * n, 1)
 
 
@@ -238,8 +239,8 @@ def _instance_norm_build(spec: Any, shape: Shape) -> nn.Module:
 def _channel_dropout_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
     _need_spatial(spec, shape, loc, _spatial_dims(spec))
     n = math.prod(shape)
-    # Saved: the (N, C, 1, ...) noise the input is multiplied by.
-    return shape, Estimate(0, shape[0] * shape[1], 2 * n, 1)
+    # The output and the (N, C, 1, ...) noise the input is multiplied by.
+    return shape, Estimate(0, n + shape[0] * shape[1], 2 * n, 1)
 
 
 SPATIAL_LAYERS: dict[str, LayerType] = {
