@@ -95,6 +95,38 @@ def test_conv1d_rms_norm_and_dropout_in_eval_mode(client):
     roundtrip(client, 2, factory, inputs, "mse", normal((3, 2), 5), mode="eval")
 
 
+def test_conv_options_transposed_conv_channel_norms_and_dropout2d(client):
+    factory = lambda: Net(  # noqa: E731
+        nn.Conv2d(2, 4, 3, dilation=2, groups=2, padding="same", padding_mode="reflect"),
+        nn.GroupNorm(2, 4), nn.ReLU(), nn.Dropout2d(0.3),
+        nn.ConvTranspose2d(4, 6, 2, stride=2, groups=2, bias=False),
+        nn.InstanceNorm2d(6, affine=True), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d((2, 3)),
+        nn.Flatten(), nn.Linear(36, 3),
+    )  # fmt: skip
+    target = torch.tensor([0, 2, 1])
+    derived = roundtrip(client, 6, factory, normal((3, 2, 7, 7), 1), "cross_entropy", target)
+    assert derived.spec["layers"][0] == {
+        "type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": "same", "dilation": 2,
+        "groups": 2, "padding_mode": "reflect",
+    }  # fmt: skip
+    assert [layer["type"] for layer in derived.spec["layers"][1:8]] == [
+        "group_norm", "relu", "dropout2d", "conv_transpose2d", "instance_norm", "max_pool2d",
+        "adaptive_avg_pool2d",
+    ]  # fmt: skip
+    assert derived.spec["layers"][7]["output_size"] == [2, 3]
+
+
+def test_1d_pools_transposed_conv_and_dropout1d(client):
+    factory = lambda: Net(  # noqa: E731
+        nn.Conv1d(3, 4, 3, padding=1, padding_mode="circular"), nn.InstanceNorm1d(4),
+        nn.Dropout1d(0.2), nn.MaxPool1d(2), nn.AvgPool1d(3, stride=1, padding=1),
+        nn.ConvTranspose1d(4, 2, 3, stride=2, output_padding=1, dilation=2),
+        nn.AdaptiveMaxPool1d((4,)), nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(4, 1),
+    )  # fmt: skip
+    derived = roundtrip(client, 9, factory, normal((2, 3, 10), 2), "mse", normal((2, 1), 3))
+    assert derived.spec["layers"][6] == {"type": "adaptive_max_pool1d", "output_size": 4}
+
+
 @pytest.mark.parametrize(("norm", "shortcut"), [("pre", True), ("post", False), ("none", True)])
 def test_transformer_stack(client, norm, shortcut):
     cfg = {"emb_dim": 16, "context_length": 6, "n_heads": 4, "drop_rate": 0.0, "qkv_bias": False}
@@ -221,6 +253,25 @@ SERVICE_SPECS = [
      torch.tensor([[1, 2, 3], [4, 5, 6]])),
     ({"kind": "gpt", "preset": "gpt-micro", "n_layers": 2, "norm": "none", "shortcut": False},
      torch.tensor([[1, 2, 3, 4]])),
+    ({"kind": "sequential", "layers": [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 2, "padding": "same", "groups": 2,
+         "dilation": 2, "padding_mode": "replicate"},
+        {"type": "group_norm", "num_groups": 2, "eps": 1e-3, "affine": False},
+        {"type": "dropout2d", "p": 0.2},
+        {"type": "conv_transpose2d", "out_channels": 2, "kernel_size": 3, "stride": 2,
+         "output_padding": 1, "bias": False},
+        {"type": "instance_norm", "track_running_stats": True, "momentum": 0.5},
+        {"type": "adaptive_max_pool2d", "output_size": [3, 4]},
+        {"type": "global_avg_pool"}]},
+     normal((2, 2, 6, 6), 0)),
+    ({"kind": "sequential", "layers": [
+        {"type": "conv1d", "out_channels": 3, "kernel_size": 3, "padding": "valid"},
+        {"type": "dropout1d", "p": 0.3}, {"type": "max_pool1d", "kernel_size": 2},
+        {"type": "avg_pool1d", "kernel_size": 2, "stride": 1, "padding": 1},
+        {"type": "adaptive_avg_pool1d", "output_size": 3},
+        {"type": "conv_transpose1d", "out_channels": 3, "kernel_size": 2, "groups": 3},
+        {"type": "global_max_pool"}]},
+     normal((2, 2, 9), 0)),
 ]  # fmt: skip
 
 
@@ -298,13 +349,23 @@ REFUSALS = {
     "custom_parameters": (Net(nn.Linear(4, 4), Scale()), X,
                           "layers.1: Scale is not in the grammar"),
     "custom_parameterless": (nn.Sequential(Double()), X, "0: Double is not in the grammar"),
-    "dilation": (nn.Sequential(nn.Conv2d(2, 2, 3, dilation=2)), IMAGES,
-                 "0: nn.Conv2d with dilation=(2, 2): the grammar has dilation 1"),
-    "groups": (nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), IMAGES, "0: nn.Conv2d with groups=2"),
+    "dilation": (nn.Sequential(nn.Conv2d(2, 2, 3, dilation=(1, 2))), IMAGES,
+                 "0: nn.Conv2d with dilation=(1, 2): the grammar has one dilation for all"),
+    "output_padding": (nn.Sequential(nn.ConvTranspose2d(2, 2, 3, 2, output_padding=(0, 1))),
+                       IMAGES, "0: nn.ConvTranspose2d with output_padding=(0, 1)"),
+    "adaptive_none": (nn.Sequential(nn.AdaptiveAvgPool2d((None, 2))), IMAGES,
+                      "0: nn.AdaptiveAvgPool2d with output_size=(None, 2)"),
+    "adaptive_indices": (nn.Sequential(nn.AdaptiveMaxPool2d(2, return_indices=True)), IMAGES,
+                         "0: nn.AdaptiveMaxPool2d with return_indices=True"),
+    "cumulative_instance_norm": (
+        nn.Sequential(nn.InstanceNorm2d(2, momentum=None, track_running_stats=True)), IMAGES,
+        "0: nn.InstanceNorm2d with momentum=None"),
+    "dropout2d_on_a_flat_input": (
+        nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.MaxPool2d(2), nn.GroupNorm(2, 2),
+                      nn.Dropout2d(), nn.Flatten(), nn.Dropout2d()), IMAGES,
+        "<module>: the service refuses the derived spec: layer 5 (dropout2d)"),
     "non_square_kernel": (nn.Sequential(nn.Conv2d(2, 2, (3, 5))), IMAGES,
                           "0: nn.Conv2d with kernel_size=(3, 5): the grammar's kernels are square"),
-    "padding_mode": (nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")), IMAGES,
-                     "0: nn.Conv2d with padding_mode='reflect'"),
     "ceil_mode": (nn.Sequential(nn.MaxPool2d(3, ceil_mode=True)), IMAGES,
                   "0: nn.MaxPool2d with ceil_mode=True"),
     "count_include_pad": (nn.Sequential(nn.AvgPool2d(3, padding=1, count_include_pad=False)),
