@@ -27,6 +27,7 @@ from service.schemas.requests import LESSON_REQUEST
 from tests.reference import run_mlp
 from tests.reference_gpt import GPTModel
 from tests.test_parity_architectures import Net, assert_parity, normal
+from tests.test_parity_grammar_conv import CONV1D, CONV2D
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -154,6 +155,14 @@ CASES: dict[str, tuple[dict, float]] = {
         target=[[0.2, 0.3, 0.5], [1, 0, 0], [0, 1, 0], [0.5, 0.5, 0]]), F32),
     "gpt_tiny_dropout_eval": (GPT_TINY_DROPOUT | {"mode": "eval"}, F32),
 }  # fmt: skip
+CASES["conv_options_channel_layers_eval"] = (
+    sequential(CONV2D, [2, 4, 9, 9], target=[1, 3], loss="cross_entropy", mode="eval"),
+    CONV,
+)
+CASES["conv1d_options_channel_layers_eval"] = (
+    sequential(CONV1D, [3, 4, 16], loss="sum", mode="eval"),
+    CONV,
+)
 for activation in ("gelu", "relu", "softplus", "identity"):
     CASES[f"mlp_{activation}"] = (
         {**lesson(True), "model": {**lesson(True)["model"], "activation": activation}},
@@ -231,6 +240,23 @@ def test_sequential_dropout_in_training_equals_plain_pytorch_on_cuda(gpu):
     report = diagnose(gpu, body, "cuda")
     assert_parity(report, model, loss)
     assert report["layers"][1]["output"]["zero_fraction"] > 0.1  # the masks did drop
+
+
+@pytest.mark.parametrize(("spatial", "shape"), [(1, (8, 6, 5)), (2, (4, 3, 5, 5))])
+def test_channel_dropout_in_training_equals_plain_pytorch_on_cuda(gpu, spatial, shape):
+    # Linear layers on the last dimension: no TF32 convolution between the two.
+    body = sequential(
+        [{"type": "linear", "out_features": 8}, {"type": f"dropout{spatial}d", "p": 0.4},
+         {"type": "relu"}, {"type": "flatten"}, {"type": "linear", "out_features": 1}],
+        list(shape), loss="sum",
+    )  # fmt: skip
+    torch.manual_seed(11)  # nn.Dropout1d/2d draw their (N, C, 1, ...) noise on the GPU
+    dropout = nn.Dropout1d(0.4) if spatial == 1 else nn.Dropout2d(0.4)
+    flat = 8 * shape[1] * (shape[2] if spatial == 2 else 1)
+    model = Net(nn.Linear(5, 8), dropout, nn.ReLU(), nn.Flatten(), nn.Linear(flat, 1)).cuda()
+    loss = model(normal(shape, 3).cuda()).sum()
+    loss.backward()
+    assert_parity(diagnose(gpu, body, "cuda"), model, loss)
 
 
 def test_repeated_requests_do_not_grow_gpu_memory(gpu):
