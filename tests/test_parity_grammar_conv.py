@@ -388,3 +388,71 @@ def test_a_first_layer_on_a_flat_input_says_what_it_takes(client):
     request = body([{"type": "conv_transpose2d", "out_channels": 2, "kernel_size": 2}], [4], 0)
     problem = assert_problem(client.post(URL, json=request), 422, "shape_mismatch")
     assert "(batch, channels, height, width)" in problem["detail"]
+
+
+def _plain(layer, channels):
+    """The plain-PyTorch module of a random layer below, written out independently."""
+    t, o = layer["type"], {k: v for k, v in layer.items() if k != "type"}
+    if t.startswith("conv_transpose"):
+        cls = nn.ConvTranspose1d if t.endswith("1d") else nn.ConvTranspose2d
+        return cls(channels, o.pop("out_channels"), o.pop("kernel_size"), **o)
+    if t.startswith("conv"):
+        cls = nn.Conv1d if t.endswith("1d") else nn.Conv2d
+        return cls(channels, o.pop("out_channels"), o.pop("kernel_size"), **o)
+    pools = {"max_pool1d": nn.MaxPool1d, "avg_pool1d": nn.AvgPool1d,
+             "max_pool2d": nn.MaxPool2d, "avg_pool2d": nn.AvgPool2d}  # fmt: skip
+    return pools[t](**o)
+
+
+def _random_layer(rng):
+    kind = rng.choice(["conv", "conv_transpose", "pool"])
+    dims = rng.choice(["1d", "2d"])
+    if kind == "pool":
+        layer = {"type": rng.choice(["max_pool", "avg_pool"]) + dims,
+                 "kernel_size": rng.randint(1, 5), "padding": rng.randint(0, 3)}  # fmt: skip
+        if rng.random() < 0.5:
+            layer["stride"] = rng.randint(1, 3)
+        return layer
+    layer = {"type": kind + dims, "out_channels": rng.choice([2, 3, 4, 6]),
+             "kernel_size": rng.randint(1, 5), "stride": rng.randint(1, 3),
+             "dilation": rng.randint(1, 3), "groups": rng.choice([1, 2, 3])}  # fmt: skip
+    if kind == "conv":
+        layer["padding"] = rng.choice([0, 1, 2, 4, "same", "valid"])
+        layer["padding_mode"] = rng.choice(["zeros", "reflect", "replicate", "circular"])
+    else:
+        layer["padding"] = rng.randint(0, 4)
+        layer["output_padding"] = rng.randint(0, 2)
+    return layer
+
+
+def test_shape_rules_agree_with_pytorch_on_random_specs():
+    """Whatever the rules refuse PyTorch refuses (or, for some transposed convolutions, gives
+    an empty output); whatever they accept PyTorch runs, to the shape they inferred."""
+    import random
+
+    from pydantic import ValidationError
+
+    from service.errors import ShapeMismatch
+
+    rng, kind, outcomes = random.Random(0), MODEL_KINDS["sequential"], set()
+    for _ in range(400):
+        layer = _random_layer(rng)
+        shape = (
+            2,
+            rng.choice([2, 3, 6]),
+            *[rng.randint(1, 7)] * (1 if "1d" in layer["type"] else 2),
+        )
+        try:
+            spec = SequentialSpec.model_validate({"kind": "sequential", "layers": [layer]})
+            inferred = kind.signature(spec, shape, ()).output_shape
+        except (ValidationError, ShapeMismatch) as refusal:
+            try:
+                empty = _plain(layer, shape[1])(torch.zeros(shape)).numel() == 0
+            except (RuntimeError, ValueError):
+                empty = True
+            assert empty, layer  # ConvTranspose1d returns an empty output we refuse
+            outcomes.add(type(refusal).__name__)
+            continue
+        assert tuple(_plain(layer, shape[1])(torch.zeros(shape)).shape) == inferred, layer
+        outcomes.add("ran")
+    assert outcomes == {"ValidationError", "ShapeMismatch", "ran"}

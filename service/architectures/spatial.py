@@ -168,7 +168,7 @@ def _pool_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
 
 
 def _pool_build(spec: Any, shape: Shape) -> nn.Module:
-    classes = {
+    classes: dict[str, Callable[..., nn.Module]] = {
         "max_pool1d": nn.MaxPool1d,
         "avg_pool1d": nn.AvgPool1d,
         "max_pool2d": nn.MaxPool2d,
@@ -192,7 +192,7 @@ def _adaptive_pool_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Esti
 
 
 def _adaptive_pool_build(spec: Any, shape: Shape) -> nn.Module:
-    classes = {
+    classes: dict[str, Callable[..., nn.Module]] = {
         "adaptive_avg_pool1d": nn.AdaptiveAvgPool1d,
         "adaptive_max_pool1d": nn.AdaptiveMaxPool1d,
         "adaptive_avg_pool2d": nn.AdaptiveAvgPool2d,

@@ -133,9 +133,12 @@ class ConvLayer(StrictModel):
         0, description="each side's padding, or 'same' (stride 1 only) or 'valid' (none)"
     )
     dilation: Kernel = 1
-    groups: Groups = 1
+    groups: Groups = Field(1, description="channel groups; must divide both channel counts")
     bias: bool = True
-    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros"
+    padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = Field(
+        "zeros", description="what the padding holds: zeros, or the input reflected, its edge "
+        "replicated, or its other end (circular)"
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _same_needs_stride_1(self) -> Self:
