@@ -19,7 +19,6 @@ from service.architectures.layer_rules import LayerType, fail, need_dims
 from service.architectures.modules import ChannelDropout, GlobalPool
 from service.errors import Loc
 
-Infer = Callable[[Any, Shape, Loc], tuple[Shape, Estimate]]
 _TAKES = {1: "(N, C, L)", 2: "(N, C, H, W)"}
 
 
@@ -41,7 +40,7 @@ def _check_groups(spec: Any, shape: Shape, loc: Loc) -> None:
 
 
 # convolution ---------------------------------------------------------------------------------
-def conv_padding(spec: Any) -> tuple[int, int]:
+def _conv_padding(spec: Any) -> tuple[int, int]:
     """The (left, right) padding of each spatial dimension: 'same' pads d·(k-1) in all, the
     odd one on the right, as nn.ConvNd does."""
     if spec.padding == "valid":
@@ -68,7 +67,7 @@ def _conv_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
     spatial = _spatial_dims(spec)
     _need_spatial(spec, shape, loc, spatial)
     _check_groups(spec, shape, loc)
-    left, right = conv_padding(spec)
+    left, right = _conv_padding(spec)
     if spec.padding_mode != "zeros":
         _check_padding_mode(spec, shape, loc, max(left, right))
     span = spec.dilation * (spec.kernel_size - 1) + 1

@@ -1,7 +1,8 @@
 """Layer specs of the `sequential` model kind: a discriminated union on `type`.
 
 Input sizes are never repeated: each layer"s input shape is inferred from the one before.
-The builders and shape rules live in `service.architectures.layers`, one entry per type.
+The builders and shape rules live in `service.architectures.layers` (and `.spatial`), one
+entry per type.
 """
 
 from typing import Annotated, Literal, Self, Union
