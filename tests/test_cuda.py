@@ -168,6 +168,21 @@ for activation in ("gelu", "relu", "softplus", "identity"):
         {**lesson(True), "model": {**lesson(True)["model"], "activation": activation}},
         F32,
     )
+# The shape layers, the positional embedding, nn.MultiheadAttention's layout, padding_idx,
+# activation options and a concatenating residual (with a convolution: CONV).
+CASES["grammar_shapes_and_sequences"] = ({
+    "model": {"kind": "sequential", "layers": [
+        {"type": "embedding", "num_embeddings": 10, "embedding_dim": 12, "padding_idx": 0},
+        {"type": "positional_embedding", "max_length": 8},
+        {"type": "attention", "heads": 3, "layout": "torch"},
+        {"type": "transpose", "dim0": 1, "dim1": 2},
+        {"type": "residual", "merge": "concat", "body": [
+            {"type": "conv1d", "out_channels": 4, "kernel_size": 1}]},
+        {"type": "permute", "dims": [0, 2, 1]}, {"type": "reshape", "shape": [2, -1]},
+        {"type": "unflatten", "dim": 2, "sizes": [4, -1]}, {"type": "flatten"},
+        {"type": "leaky_relu", "negative_slope": 0.2}, {"type": "linear", "out_features": 10}]},
+    "input": [[1, 0, 3, 4], [5, 6, 0, 8]], "target": [3, 7], "loss": "cross_entropy",
+    "seed": 21}, CONV)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -166,6 +166,52 @@ def test_sequential_layer_estimates_bound_what_is_saved(layers, shape, dtype):
     assert_estimate_bounds(spec, shape, dtype)
 
 
+SHAPE_LAYERS = [
+    {"type": "transpose", "dim0": 1, "dim1": 2},
+    {"type": "linear", "out_features": 12},  # copies the transposed input for its matmul
+    {"type": "permute", "dims": [0, 2, 1]},
+    {"type": "reshape", "shape": [4, -1]},  # a copy of the permuted view
+    {"type": "layer_norm"},
+    {"type": "transpose", "dim0": -1, "dim1": 1},
+    {"type": "unflatten", "dim": 1, "sizes": [3, -1]},
+    {"type": "flatten"},
+    {"type": "linear", "out_features": 8},
+    {"type": "leaky_relu", "negative_slope": 0.2},
+    {"type": "elu", "alpha": 0.5},
+    {"type": "softplus", "beta": 2.0, "threshold": 5.0},
+]
+SEQUENCE_LAYERS = [
+    {"type": "embedding", "num_embeddings": 50, "embedding_dim": 16, "padding_idx": 0},
+    {"type": "positional_embedding", "max_length": 16},
+    {"type": "attention", "heads": 2, "layout": "torch"},
+    {"type": "attention", "heads": 4, "layout": "torch", "bias": False, "causal": False},
+    {"type": "residual", "projection": "linear", "body": [{"type": "linear", "out_features": 8}]},
+    {"type": "linear", "out_features": 50},
+]
+MERGES = [
+    {"type": "residual", "merge": "concat", "body": [
+        {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, {"type": "relu"}]},
+    {"type": "residual", "projection": True, "body": [
+        {"type": "conv2d", "out_channels": 5, "kernel_size": 1}]},
+    {"type": "flatten", "start_dim": 2},
+    {"type": "residual", "projection": "conv", "body": [
+        {"type": "conv1d", "out_channels": 3, "kernel_size": 1}]},
+    {"type": "flatten"},
+    {"type": "residual", "merge": "concat", "body": [{"type": "linear", "out_features": 6}]},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("layers", "shape"),
+    [(SHAPE_LAYERS, (4, 6, 10)), (SEQUENCE_LAYERS, (2, 12)), (MERGES, (4, 3, 8, 8))],
+    ids=["shapes", "sequences", "merges"],
+)
+def test_shape_sequence_and_merge_estimates_bound_what_is_saved(layers, shape, dtype):
+    spec = SequentialSpec.model_validate({"kind": "sequential", "layers": layers})
+    assert_estimate_bounds(spec, shape, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm", ["pre", "post", "none"])
 def test_gpt_estimate_bounds_what_is_saved(norm, dtype):

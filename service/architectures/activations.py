@@ -31,7 +31,9 @@ class GELUTanh(nn.Module):
 
 @dataclass(frozen=True)
 class Activation:
-    make: Callable[[], nn.Module]
+    # The module's class or factory; a layer spec's options (negative_slope, alpha, beta,
+    # threshold: `schemas.layers.ACTIVATION_OPTIONS`) are its keyword arguments.
+    make: Callable[..., nn.Module]
     # Elements kept for the backward pass per output element, the most over the dtypes
     # (measured with saved_tensors_hooks: tests/test_estimates.py): one (the input or the
     # output) for most.
@@ -56,6 +58,7 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def make_activation(name: str) -> nn.Module:
-    """A fresh activation module for a registered name."""
-    return ACTIVATIONS[name].make()
+def make_activation(name: str, **options: float) -> nn.Module:
+    """A fresh activation module for a registered name, PyTorch's defaults for the options
+    not given."""
+    return ACTIVATIONS[name].make(**options)

@@ -24,6 +24,8 @@ from service.architectures.modules import (
     SeededDropout,
     TransformerBlock,
 )
+from service.architectures.sequence_layers import SEQUENCE_LAYERS, TorchAttention
+from service.architectures.shape_layers import SHAPE_LAYERS
 from service.architectures.spatial import SPATIAL_LAYERS
 from service.errors import Loc
 
@@ -90,9 +92,11 @@ def _embedding_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate
 
 
 # attention -----------------------------------------------------------------------------------
-def attention_estimate(shape: Shape, heads: int, qkv_bias: bool, ff_mult: int = 0) -> Estimate:
+def attention_estimate(
+    shape: Shape, heads: int, qkv_bias: bool, ff_mult: int = 0, out_bias: bool = True
+) -> Estimate:
     n, t, d = shape
-    params = 3 * d * d + (3 * d if qkv_bias else 0) + d * d + d
+    params = 3 * d * d + (3 * d if qkv_bias else 0) + d * d + (d if out_bias else 0)
     flops = 3 * (2 * n * t * 4 * d * d + 4 * n * t * t * d)
     saved = 3 * n * heads * t * t + 8 * n * t * d
     scores_grads = 3 * n * heads * t * t  # the backward pass's gradients of scores and weights
@@ -110,11 +114,15 @@ def _attention_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate
     _need_dims(spec, shape, loc, (3,), "(N, T, D)")
     if shape[2] % spec.heads:
         raise _fail(loc, spec, shape, f"heads={spec.heads} does not divide the width {shape[2]}")
+    if getattr(spec, "layout", "course") == "torch":  # biases: in_proj and out_proj, or none
+        return shape, attention_estimate(shape, spec.heads, spec.bias, out_bias=spec.bias)
     return shape, attention_estimate(shape, spec.heads, spec.qkv_bias, getattr(spec, "ff_mult", 0))
 
 
 def _attention_build(spec: Any, shape: Shape) -> nn.Module:
     d = shape[2]
+    if spec.layout == "torch":
+        return TorchAttention(d, spec.heads, spec.bias, spec.causal)
     return MultiHeadAttention(d, d, spec.heads, spec.dropout, spec.qkv_bias, spec.causal)
 
 
@@ -132,27 +140,46 @@ def _block_build(spec: Any, shape: Shape) -> nn.Module:
 
 
 # residual ------------------------------------------------------------------------------------
-def _projection_kind(shape: Shape, out: Shape) -> str | None:
-    """`linear` when only the last dimension changes, a 1x1 conv when only channels do."""
-    if shape[:-1] == out[:-1]:
-        return "linear"
-    if len(shape) in (3, 4) and shape[0] == out[0] and shape[2:] == out[2:]:
-        return "conv1d" if len(shape) == 3 else "conv2d"
-    return None
+def _projection(spec: Any, shape: Shape, out: Shape, loc: Loc) -> str:
+    """The shortcut's projection, `linear` (over the last dim) or `conv` (1x1, over dim 1):
+    as named, or for `true` over dim 1 by rank, linear for (N, F) and conv for rank 3 and 4;
+    refused unless the body changes that one dim only."""
+    if not spec.projection:
+        why = f"its body maps to {list(out)}; keep the shape or set projection"
+        raise _fail(loc, spec, shape, why)
+    rank = len(shape)
+    kind = spec.projection if spec.projection is not True else "linear" if rank == 2 else "conv"
+    if kind == "conv" and rank not in (3, 4):
+        why = "a 1x1 conv projection takes (N, C, L) or (N, C, H, W); set projection linear"
+        raise _fail(loc, spec, shape, why)
+    changed = [i for i in range(rank) if shape[i] != out[i]] if len(out) == rank else None
+    if changed != [rank - 1 if kind == "linear" else 1]:
+        if kind == "linear":
+            why = "a linear projection maps the last dim only"
+        else:
+            by_rank = f" (true on rank {rank})" if spec.projection is True else ""
+            hint = "; set projection linear" if changed == [rank - 1] else ""
+            why = f"a 1x1 conv projection{by_rank} maps dim 1 (the channels) only{hint}"
+        raise _fail(loc, spec, shape, f"its body maps to {list(out)}: {why}")
+    return kind
+
+
+def _concat_shape(spec: Any, shape: Shape, out: Shape, loc: Loc) -> Shape:
+    """torch.cat([body(x), x], dim=1): the other dims must match."""
+    if len(shape) < 2 or len(out) != len(shape) or (out[0], *out[2:]) != (shape[0], *shape[2:]):
+        why = f"its body maps to {list(out)}: concat along dim 1 needs the other dims equal"
+        raise _fail(loc, spec, shape, why)
+    return (shape[0], out[1] + shape[1], *shape[2:])
 
 
 def _residual_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]:
     out, estimate = infer_layers(spec.body, shape, (*loc, "body"))
+    if spec.merge == "concat":
+        merged = _concat_shape(spec, shape, out, loc)
+        return merged, estimate + Estimate(activation_elements=math.prod(merged), layers=1)
     if out == shape:
         return out, estimate + Estimate(activation_elements=math.prod(out), layers=1)
-    if not spec.projection:
-        raise _fail(
-            loc, spec, shape, f"its body maps to {list(out)}; keep the shape or set projection"
-        )
-    kind = _projection_kind(shape, out)
-    if kind is None:
-        raise _fail(loc, spec, shape, f"no linear or 1x1 projection maps it to {list(out)}")
-    axis = -1 if kind == "linear" else 1
+    axis = -1 if _projection(spec, shape, out, loc) == "linear" else 1
     params = shape[axis] * out[axis] + out[axis]
     flops = 6 * (math.prod(out) // out[axis]) * shape[axis] * out[axis]
     return out, estimate + Estimate(params, 2 * math.prod(out), flops, 1)
@@ -160,13 +187,13 @@ def _residual_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]
 
 def _residual_build(spec: Any, shape: Shape) -> nn.Module:
     body, out = build_layers(spec.body, shape)
-    kind = None if out == shape else _projection_kind(shape, out)
     projection: nn.Module | None = None
-    if kind == "linear":
-        projection = nn.Linear(shape[-1], out[-1])
-    elif kind is not None:
-        projection = (nn.Conv1d if kind == "conv1d" else nn.Conv2d)(shape[1], out[1], 1)
-    return Residual(body, projection)
+    if spec.merge == "add" and out != shape:
+        if _projection(spec, shape, out, ()) == "linear":
+            projection = nn.Linear(shape[-1], out[-1])
+        else:
+            projection = (nn.Conv1d if len(shape) == 3 else nn.Conv2d)(shape[1], out[1], 1)
+    return Residual(body, projection, spec.merge)
 
 
 LAYER_TYPES: dict[str, LayerType] = {
@@ -174,7 +201,7 @@ LAYER_TYPES: dict[str, LayerType] = {
     **{
         name: LayerType(
             _elementwise(activation.new_output + activation.saved),
-            lambda s, _: make_activation(s.type),
+            lambda s, _: make_activation(s.type, **s.model_dump(exclude={"type"})),
         )
         for name, activation in ACTIVATIONS.items()
     },
@@ -190,12 +217,15 @@ LAYER_TYPES: dict[str, LayerType] = {
     "dropout": LayerType(_elementwise(1), lambda s, _: SeededDropout(s.p)),
     "flatten": LayerType(_flatten_infer, lambda s, _: nn.Flatten(s.start_dim, s.end_dim)),
     "embedding": LayerType(
-        _embedding_infer, lambda s, _: nn.Embedding(s.num_embeddings, s.embedding_dim)
+        _embedding_infer,
+        lambda s, _: nn.Embedding(s.num_embeddings, s.embedding_dim, padding_idx=s.padding_idx),
     ),
     "attention": LayerType(_attention_infer, _attention_build),
     "transformer_block": LayerType(_attention_infer, _block_build),
     "residual": LayerType(_residual_infer, _residual_build),
     **SPATIAL_LAYERS,
+    **SHAPE_LAYERS,
+    **SEQUENCE_LAYERS,
 }
 
 

@@ -223,14 +223,18 @@ class GPTModel(nn.Module):
 
 
 class Residual(nn.Module):
-    """`body(x) + x`, or `body(x) + projection(x)` when the body changes the shape."""
+    """`body(x) + x`, or `body(x) + projection(x)` when the body changes the shape; with
+    merge `concat`, torch.cat([body(x), x], dim=1)."""
 
-    def __init__(self, body: list[nn.Module], projection: nn.Module | None):
+    def __init__(self, body: list[nn.Module], projection: nn.Module | None, merge: str = "add"):
         super().__init__()
         self.body = nn.Sequential(*body)
         self.projection = projection
+        self.merge = merge
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merge == "concat":
+            return torch.cat([self.body(x), x], dim=1)
         shortcut = x if self.projection is None else self.projection(x)
         return self.body(x) + shortcut
 

@@ -61,6 +61,7 @@ _TAKES = {
     ),
     "attention": "(batch, tokens, features)",
     "transformer_block": "(batch, tokens, features)",
+    "positional_embedding": "(batch, tokens, features)",
 }
 
 

@@ -27,7 +27,7 @@ from service.client.spec_check import (
     record,
     validation_summary,
 )
-from service.client.spec_layers import LEAVES, activation_name, dropout_p, require
+from service.client.spec_layers import LEAVES, activation_spec, dropout_p, require
 from service.client.spec_parts import Names, norm_names, transformer_block
 from service.client.spec_tree import convert
 from service.errors import ShapeMismatch
@@ -141,7 +141,9 @@ def _mlp(module: nn.Module) -> list[Candidate]:
             return []
         sizes = sizes or [linear.in_features]
         sizes.append(linear.out_features)
-        activations.add(activation_name(act, f"layers.{i}.{act_name}"))
+        act_spec = activation_spec(act, f"layers.{i}.{act_name}")
+        # The mlp kind names its activation: options other than PyTorch's make it sequential.
+        activations.add(act_spec["type"] if act_spec is not None and len(act_spec) == 1 else None)
         biases.add(linear.bias is not None)
         names += [
             (f"layers.{i}.0.{n}", f"layers.{i}.{linear_name}.{n}")
@@ -172,6 +174,8 @@ def _gpt(module: nn.Module, trace: Trace) -> Candidate:
         if type(embedding) is not nn.Embedding:
             raise UnsupportedModule(name, f"{describe(embedding)} is not nn.Embedding")
         LEAVES[nn.Embedding](embedding, name)  # its options
+        padding = embedding.padding_idx
+        require(padding is None, name, embedding, f"padding_idx={padding}", "the gpt has none")
     vocab, emb = tok.num_embeddings, tok.embedding_dim
     require(
         pos.embedding_dim == emb,

@@ -13,7 +13,10 @@ from torch import nn
 
 from service.architectures.activations import ACTIVATIONS, GELUTanh, make_activation
 from service.architectures.modules import ChannelDropout, GlobalPool, SeededDropout
+from service.architectures.sequence_layers import PositionalEmbedding, TorchAttention
+from service.architectures.shape_layers import Permute, Reshape, Transpose
 from service.client.spec_check import UnsupportedModule, describe, is_torch_class
+from service.schemas.layers import ACTIVATION_OPTIONS
 
 Spec = dict[str, Any]
 
@@ -39,6 +42,12 @@ _PLAIN: dict[type[nn.Module], str] = {
     nn.Identity: "identity",
     GELUTanh: "gelu_tanh",
 }
+# PyTorch's activations with options, which their layer specs take (ACTIVATION_OPTIONS).
+_WITH_OPTIONS: dict[type[nn.Module], str] = {
+    nn.LeakyReLU: "leaky_relu",
+    nn.ELU: "elu",
+    nn.Softplus: "softplus",
+}
 _PROBE = torch.linspace(-5, 5, 101).reshape(1, 101)
 
 
@@ -60,37 +69,35 @@ def _probe(module: nn.Module) -> str | None:
 
 
 def activation_name(module: Any, path: str) -> str | None:
-    """The grammar's name of an activation module; None when it is none."""
+    """The grammar's name of an activation module, whatever its options; None when it is
+    none."""
     cls = type(module)
     if cls in _PLAIN:
         return _PLAIN[cls]
+    if cls in _WITH_OPTIONS:
+        return _WITH_OPTIONS[cls]
     if cls is nn.GELU:
         return "gelu" if module.approximate == "none" else "gelu_tanh"
-    if cls is nn.LeakyReLU:
-        slope = module.negative_slope
-        require(
-            slope == 0.01,
-            path,
-            module,
-            f"negative_slope={slope}",
-            "the grammar's leaky_relu has 0.01",
-        )
-        return "leaky_relu"
-    if cls is nn.ELU:
-        require(
-            module.alpha == 1.0, path, module, f"alpha={module.alpha}", "the grammar's elu has 1.0"
-        )
-        return "elu"
-    if cls is nn.Softplus:
-        options = f"beta={module.beta}, threshold={module.threshold}"
-        ok = module.beta == 1.0 and module.threshold == 20.0
-        require(ok, path, module, options, "the grammar's softplus has beta=1, threshold=20")
-        return "softplus"
     if is_torch_class(module) or any(True for _ in module.children()):
         return None
     if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
         return None
     return _probe(module)
+
+
+def activation_spec(module: Any, path: str) -> Spec | None:
+    """The layer spec of an activation module, with the options that differ from PyTorch's
+    defaults (nn.LeakyReLU(0.2) -> negative_slope 0.2); None when it is none."""
+    name = activation_name(module, path)
+    if name is None:
+        return None
+    spec: Spec = {"type": name}
+    if type(module) in _WITH_OPTIONS:
+        for option, field in ACTIVATION_OPTIONS[name].model_fields.items():
+            value = None if option == "type" else float(getattr(module, option))
+            if value is not None and value != field.default:
+                spec[option] = value
+    return spec
 
 
 # the other leaves ----------------------------------------------------------------------------
@@ -319,7 +326,6 @@ def dropout_p(m: Any, path: str) -> float:
 
 def _embedding(m: nn.Embedding, path: str) -> Spec:
     options = {
-        "padding_idx": m.padding_idx,
         "max_norm": m.max_norm,
         "scale_grad_by_freq": m.scale_grad_by_freq or None,
         "sparse": m.sparse or None,
@@ -332,17 +338,31 @@ def _embedding(m: nn.Embedding, path: str) -> Spec:
             f"{option}={value}",
             "the grammar's embedding has PyTorch's default",
         )
-    return {
+    spec: Spec = {
         "type": "embedding",
         "num_embeddings": m.num_embeddings,
         "embedding_dim": m.embedding_dim,
     }
+    return spec if m.padding_idx is None else spec | {"padding_idx": m.padding_idx}
+
+
+def _unflatten(m: nn.Unflatten, path: str) -> Spec:
+    sizes = list(m.unflattened_size)
+    named = not all(isinstance(size, int) for size in sizes)
+    require(not named, path, m, "named sizes", "the grammar's unflatten takes int sizes")
+    return {"type": "unflatten", "dim": m.dim, "sizes": sizes}
+
+
+def _torch_attention(m: TorchAttention, path: str) -> Spec:
+    bias = m.in_proj_bias is not None
+    return {"type": "attention", "heads": m.num_heads, "causal": m.causal, "layout": "torch",
+            "bias": bias}  # fmt: skip
 
 
 def _activation(m: nn.Module, path: str) -> Spec:
-    name = activation_name(m, path)
-    assert name is not None  # only registered for activation classes
-    return {"type": name}
+    spec = activation_spec(m, path)
+    assert spec is not None  # only registered for activation classes
+    return spec
 
 
 LEAVES: dict[type[nn.Module], Callable[[Any, str], Spec]] = {
@@ -367,8 +387,18 @@ LEAVES: dict[type[nn.Module], Callable[[Any, str], Spec]] = {
     nn.Dropout2d: lambda m, path: {"type": "dropout2d", "p": float(m.p)},
     ChannelDropout: lambda m, path: {"type": f"dropout{m.spatial}d", "p": float(m.p)},
     nn.Flatten: lambda m, path: {"type": "flatten", "start_dim": m.start_dim, "end_dim": m.end_dim},
+    nn.Unflatten: _unflatten,
     nn.Embedding: _embedding,
-    **{cls: _activation for cls in (*_PLAIN, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Softplus)},
+    # The service's own modules of the grammar (nn.MultiheadAttention itself returns a tuple).
+    Reshape: lambda m, path: {"type": "reshape", "shape": list(m.shape)},
+    Permute: lambda m, path: {"type": "permute", "dims": list(m.dims)},
+    Transpose: lambda m, path: {"type": "transpose", "dim0": m.dim0, "dim1": m.dim1},
+    PositionalEmbedding: lambda m, path: {
+        "type": "positional_embedding",
+        "max_length": m.weight.shape[0],
+    },
+    TorchAttention: _torch_attention,
+    **{cls: _activation for cls in (*_PLAIN, *_WITH_OPTIONS, nn.GELU)},
 }
 
 SUPPORTED = (
@@ -377,11 +407,11 @@ SUPPORTED = (
     "nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, "
     "nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, "
     "nn.LayerNorm, nn.RMSNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, "
-    "nn.Flatten, nn.Embedding, nn.ReLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, "
-    "nn.SiLU, nn.Softplus, nn.Identity, a parameterless module computing one of these "
-    "activations, the course's LayerNorm, MultiHeadAttention, TransformerBlock, GPTModel and "
-    "ExampleDeepNeuralNetwork, a Residual(body, projection), and modules whose forward applies "
-    "such children in registration order"
+    "nn.Flatten, nn.Unflatten, nn.Embedding, nn.ReLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.Tanh, "
+    "nn.Sigmoid, nn.SiLU, nn.Softplus, nn.Identity, a parameterless module computing one of "
+    "these activations, the course's LayerNorm, MultiHeadAttention, TransformerBlock, GPTModel "
+    "and ExampleDeepNeuralNetwork, a Residual(body, projection) that adds or concatenates "
+    "(dim 1), and modules whose forward applies such children in registration order"
 )
 
 

@@ -17,7 +17,7 @@ from service.client.spec_check import (
     join,
     own_tensors,
 )
-from service.client.spec_layers import LEAVES, activation_name, not_in_grammar, require
+from service.client.spec_layers import LEAVES, Spec, activation_name, not_in_grammar, require
 from service.client.spec_parts import (
     PROJECTIONS,
     Layer,
@@ -66,12 +66,17 @@ def _residual(m: nn.Module, path: str, trace: Trace) -> Layer:
             "the grammar's projection has a bias",
         )
         names += same_names(projection, where, "projection")
-    spec = {
-        "type": "residual",
-        "body": [layer.spec for layer in body],
-        "projection": projection is not None,
-    }
-    return pick(path, m, trace, [make_layer(path, m, spec, names)], "residual")
+    spec: Spec = {"type": "residual", "body": [layer.spec for layer in body]}
+    if projection is not None:
+        # `true` where the rank's rule picks it (linear for (N, F), a 1x1 conv above).
+        kind = "linear" if type(projection) is nn.Linear else "conv"
+        default = "linear" if trace.entry(m, path)[0].dim() == 2 else "conv"
+        spec["projection"] = True if kind == default else kind
+        return pick(path, m, trace, [make_layer(path, m, spec, names)], "residual")
+    candidates = [
+        make_layer(path, m, spec | {"merge": merge}, names) for merge in ("add", "concat")
+    ]
+    return pick(path, m, trace, candidates, "add and concat")
 
 
 def _is_one(values: Any) -> bool:

@@ -5,9 +5,9 @@ The builders and shape rules live in `service.architectures.layers` (and `.spati
 entry per type.
 """
 
-from typing import Annotated, Literal, Self, Union
+from typing import Annotated, Literal, Self, Union, get_args
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from service.architectures.activations import ACTIVATIONS
 from service.schemas.common import StrictModel, example
@@ -18,6 +18,22 @@ PositiveEps = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 Kernel = Annotated[int, Field(ge=1, le=4096)]
 Padding = Annotated[int, Field(ge=0, le=4096)]
 Groups = Annotated[int, Field(ge=1, le=2**16)]
+FiniteFloat = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+Dim = Annotated[int, Field(ge=-8, le=7)]
+
+
+def _one_inferred(sizes: list[int]) -> list[int]:
+    if sizes.count(-1) > 1:
+        raise ValueError("only one size can be -1")
+    return sizes
+
+
+# The sizes of a reshape or unflatten: one of them may be -1, inferred as in PyTorch.
+Sizes = Annotated[
+    list[Size | Literal[-1]],
+    Field(min_length=1, max_length=7),
+    AfterValidator(_one_inferred),
+]
 
 
 class LinearLayer(StrictModel):
@@ -30,12 +46,49 @@ class LinearLayer(StrictModel):
     bias: bool = True
 
 
+class LeakyReLULayer(StrictModel):
+    """nn.LeakyReLU(negative_slope)."""
+
+    model_config = example({"type": "leaky_relu", "negative_slope": 0.2})
+
+    type: Literal["leaky_relu"]
+    negative_slope: FiniteFloat = 0.01
+
+
+class ELULayer(StrictModel):
+    """nn.ELU(alpha)."""
+
+    model_config = example({"type": "elu", "alpha": 1.0})
+
+    type: Literal["elu"]
+    alpha: FiniteFloat = 1.0
+
+
+class SoftplusLayer(StrictModel):
+    """nn.Softplus(beta, threshold): log(1 + exp(beta·x))/beta, x where beta·x > threshold."""
+
+    model_config = example({"type": "softplus", "beta": 1.0, "threshold": 20.0})
+
+    type: Literal["softplus"]
+    beta: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
+    threshold: FiniteFloat = 20.0
+
+
+# Registered activations with PyTorch options, by name: a spec's fields are the keyword
+# arguments of the registry's module factory.
+ACTIVATION_OPTIONS: dict[str, type[StrictModel]] = {
+    get_args(cls.model_fields["type"].annotation)[0]: cls
+    for cls in (LeakyReLULayer, ELULayer, SoftplusLayer)
+}
+_WITHOUT_OPTIONS = tuple(name for name in ACTIVATIONS if name not in ACTIVATION_OPTIONS)
+
+
 class ActivationLayer(StrictModel):
     """An activation module, by name (`gelu_tanh` is the course's tanh GELU)."""
 
     model_config = example({"type": "gelu_tanh"})
 
-    type: Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+    type: Literal[_WITHOUT_OPTIONS]  # type: ignore[valid-type]
 
 
 class LayerNormLayer(StrictModel):
@@ -216,19 +269,33 @@ class GlobalPoolLayer(StrictModel):
 
 
 class EmbeddingLayer(StrictModel):
-    """nn.Embedding(num_embeddings, embedding_dim): the first layer, on integer token ids."""
+    """nn.Embedding(num_embeddings, embedding_dim, padding_idx): the first layer, on integer
+    token ids."""
 
     model_config = example({"type": "embedding", "num_embeddings": 50257, "embedding_dim": 768})
 
     type: Literal["embedding"]
     num_embeddings: Size
     embedding_dim: Size
+    padding_idx: int | None = Field(
+        None,
+        description="a row zeroed at init that gets no gradient; in [-num_embeddings, "
+        "num_embeddings), negative counted from the end",
+    )
+
+    @field_validator("padding_idx")
+    @classmethod
+    def _padding_row_exists(cls, value: int | None, info: ValidationInfo) -> int | None:
+        rows = info.data.get("num_embeddings")
+        if value is not None and rows is not None and not -rows <= value < rows:
+            raise ValueError(f"padding_idx must lie in [-{rows}, {rows})")
+        return value
 
 
 class AttentionLayer(StrictModel):
     """Multi-head self-attention on (N, T, D), the course's MultiHeadAttention:
     W_query, W_key, W_value (bias = qkv_bias), softmax(QKᵀ/√head_dim), dropout on the
-    weights, out_proj."""
+    weights, out_proj; or, with `layout: torch`, nn.MultiheadAttention."""
 
     model_config = example({"type": "attention", "heads": 4})
 
@@ -237,6 +304,26 @@ class AttentionLayer(StrictModel):
     causal: bool = True
     qkv_bias: bool = False
     dropout: Probability = 0.0
+    layout: Literal["course", "torch"] = Field(
+        "course",
+        description="torch: nn.MultiheadAttention(D, heads, bias=bias, batch_first=True), its "
+        "parameter names and init, causal by attn_mask; no dropout (it would draw from the "
+        "global generator) and no qkv_bias",
+    )
+    bias: bool = Field(True, description="torch layout: in_proj_bias and out_proj.bias")
+
+    @model_validator(mode="after")
+    def _layout_options(self) -> Self:
+        if self.layout == "torch" and self.dropout > 0:
+            raise ValueError(
+                "layout torch takes no dropout: nn.MultiheadAttention draws it from the "
+                "global generator; use layout course for attention dropout"
+            )
+        if self.layout == "torch" and self.qkv_bias:
+            raise ValueError("layout torch has `bias` (in_proj and out_proj), not qkv_bias")
+        if self.layout == "course" and not self.bias:
+            raise ValueError("layout course has qkv_bias; its out_proj always has a bias")
+        return self
 
 
 class TransformerBlockLayer(StrictModel):
@@ -255,9 +342,57 @@ class TransformerBlockLayer(StrictModel):
     causal: bool = True
 
 
+class ReshapeLayer(StrictModel):
+    """x.reshape(N, *shape): new sizes of the dims after the batch; one may be -1."""
+
+    model_config = example({"type": "reshape", "shape": [4, -1]})
+
+    type: Literal["reshape"]
+    shape: Sizes
+
+
+class PermuteLayer(StrictModel):
+    """x.permute(*dims) over all dims, the batch's included: dims[0] must be 0 (the batch
+    stays first); negative dims count from the end."""
+
+    model_config = example({"type": "permute", "dims": [0, 2, 1]})
+
+    type: Literal["permute"]
+    dims: list[Dim] = Field(min_length=2, max_length=8)
+
+
+class TransposeLayer(StrictModel):
+    """torch.transpose(x, dim0, dim1); neither may be the batch's dim 0."""
+
+    model_config = example({"type": "transpose", "dim0": 1, "dim1": 2})
+
+    type: Literal["transpose"]
+    dim0: Dim
+    dim1: Dim
+
+
+class UnflattenLayer(StrictModel):
+    """nn.Unflatten(dim, sizes): dim (not the batch's 0) split into sizes; one may be -1."""
+
+    model_config = example({"type": "unflatten", "dim": 1, "sizes": [3, 8, 8]})
+
+    type: Literal["unflatten"]
+    dim: Dim
+    sizes: Sizes
+
+
+class PositionalEmbeddingLayer(StrictModel):
+    """x + weight[arange(T)] on (N, T, D): a learned position table `weight` of shape
+    (max_length, D), nn.Embedding(max_length, D) on the positions (the course's pos_emb)."""
+
+    model_config = example({"type": "positional_embedding", "max_length": 1024})
+
+    type: Literal["positional_embedding"]
+    max_length: Size
+
+
 class ResidualLayer(StrictModel):
-    """`body(x) + x`; when the body changes the shape, `projection: true` adds a Linear (or a
-    1x1 conv for (N, C, ...) inputs) on the shortcut, otherwise the spec is refused."""
+    """`body(x) + shortcut` (merge add) or torch.cat([body(x), x], dim=1) (merge concat)."""
 
     model_config = example(
         {"type": "residual", "body": [{"type": "linear", "out_features": 64}, {"type": "relu"}]}
@@ -265,13 +400,33 @@ class ResidualLayer(StrictModel):
 
     type: Literal["residual"]
     body: list["LayerSpec"] = Field(min_length=1, max_length=256)
-    projection: bool = False
+    projection: bool | Literal["linear", "conv"] = Field(
+        False,
+        description="where the body changes the shape (merge add), the shortcut's: linear = "
+        "nn.Linear over the last dim; conv = a 1x1 nn.Conv1d/Conv2d over dim 1 (channels) of "
+        "(N, C, L) or (N, C, H, W); true = over dim 1 by rank, linear for (N, F) and conv for "
+        "ranks 3 and 4. The body may change that one dim only; false: none",
+    )
+    merge: Literal["add", "concat"] = Field(
+        "add",
+        description="add: body(x) + shortcut; concat: torch.cat([body(x), x], dim=1), along "
+        "the channels of (N, C, ...) or the features of (N, F); the other dims must match",
+    )
+
+    @model_validator(mode="after")
+    def _concat_has_no_projection(self) -> Self:
+        if self.merge == "concat" and self.projection is not False:
+            raise ValueError("merge concat takes no projection: the other dims must match")
+        return self
 
 
 LayerSpec = Annotated[
     Union[  # noqa: UP007
         LinearLayer,
         ActivationLayer,
+        LeakyReLULayer,
+        ELULayer,
+        SoftplusLayer,
         LayerNormLayer,
         RMSNormLayer,
         BatchNormLayer,
@@ -288,6 +443,11 @@ LayerSpec = Annotated[
         EmbeddingLayer,
         AttentionLayer,
         TransformerBlockLayer,
+        ReshapeLayer,
+        PermuteLayer,
+        TransposeLayer,
+        UnflattenLayer,
+        PositionalEmbeddingLayer,
         ResidualLayer,
     ],
     Field(discriminator="type"),
