@@ -320,7 +320,9 @@ def test_option_errors_name_their_field(client, case):
 
 def test_ids_outside_the_classes_and_not_ignored_are_refused(client):
     body = BASE | {"loss": {"name": "cross_entropy", "ignore_index": 7}, "target": [7, 0, 9, 7, 1]}
-    problem = assert_problem(client.post(URL, json=body), 422, "invalid_tensor", ["body", "target", 2])
+    problem = assert_problem(
+        client.post(URL, json=body), 422, "invalid_tensor", ["body", "target", 2]
+    )
     assert "9 is outside [0, 3) and is not ignore_index 7" in problem["detail"]
     ignored = body | {"target": [7, 0, 2, 7, 1]}
     assert client.post(URL, json=ignored).status_code == 200
@@ -362,9 +364,12 @@ def test_sweep_over_label_smoothing(client, base_loss):
 
 
 def test_compare_patches_a_loss_option(client):
-    body = {"base": BASE | {"loss": "cross_entropy"},
-            "variants": {"plain": {}, "smoothed": {"loss": {"label_smoothing": 0.1}},
-                         "summed": {"loss": {"name": "cross_entropy", "reduction": "sum"}}}}  # fmt: skip
+    variants = {
+        "plain": {},
+        "smoothed": {"loss": {"label_smoothing": 0.1}},
+        "summed": {"loss": {"name": "cross_entropy", "reduction": "sum"}},
+    }
+    body = {"base": BASE | {"loss": "cross_entropy"}, "variants": variants}
     response = client.post("/v1/diagnostics/compare", json=body)
     assert response.status_code == 200, response.text
     runs = response.json()["runs"]

@@ -14,12 +14,12 @@ from torch.nn import functional as F
 
 from service.architectures.base import Shape
 from service.errors import InvalidRequest, Loc, ShapeMismatch
-from service.schemas.common import StrictModel
 from service.schemas.losses import (
     IGNORE_INDEX,
     BCEWithLogitsLoss,
     CrossEntropyLoss,
     L1Loss,
+    LossOptions,
     MSELoss,
     ReducedLoss,
     SmoothL1Loss,
@@ -83,12 +83,15 @@ def _classes(
         return False
     if target == id_shape(output, class_dim):
         return True
-    where = "last" if axis == len(output) - 1 and len(output) > 2 else str(axis)
+    if axis in (0, 1):
+        where = f"in dimension {axis} of its output, as F.cross_entropy takes them"
+    else:
+        where = "last in its output, the other dimensions flattened"
     raise ShapeMismatch.at(
         target_loc,
         f"target has shape {list(target)}; loss 'cross_entropy' needs the output's shape "
         f"{list(output)} (probabilities) or {list(id_shape(output, class_dim))} (class ids): "
-        f"this model's classes lie in dimension {where} of its output",
+        f"this model's classes lie {where}",
     )
 
 
@@ -171,7 +174,7 @@ class Loss:
     """One registry entry."""
 
     function: Callable[[torch.Tensor, Any, Any, int], torch.Tensor]
-    options: type[StrictModel]
+    options: type[LossOptions]
     target: TargetRule | None  # None: the loss takes no target
 
 

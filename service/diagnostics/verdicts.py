@@ -96,7 +96,8 @@ def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Threshol
     first = next((i for i, s in enumerate(layers) if s.measured), None)
     first_to_last = relative[first] if first is not None else None
     if overall == "healthy" and layers:
-        counted = f"{len(layers)}" if not unmeasured else f"{len(layers) - len(unmeasured)} measured"
+        measured = len(layers) - len(unmeasured)
+        counted = f"{measured} measured" if unmeasured else f"{measured}"
         findings.append(
             f"all {counted} layers within [{thresholds.vanishing:g}, "
             f"{thresholds.exploding:g}]x of the last layer's gradient ({thresholds.metric})"
