@@ -147,7 +147,8 @@ CASES: dict[str, tuple[dict, float]] = {
             {"type": "embedding", "num_embeddings": 10, "embedding_dim": 12},
             {"type": "attention", "heads": 3, "qkv_bias": True},
             {"type": "linear", "out_features": 10}]},
-        "input": [[1, 2, 3, 4], [5, 6, 7, 8]], "target": [[4, 2, 9, 1], [3, 0, 7, 7]],
+        "input": [[1, 2, 3, 4], [5, 6, 7, 8]],  # classes: dimension 1 of the (2, 4, 10) output
+        "target": [[0, 2, 3, 1, 3, 0, 1, 2, 2, 0], [3, 1, 0, 0, 2, 3, 1, 1, 0, 2]],
         "loss": "cross_entropy", "seed": 21}, F32),
     "cross_entropy_probabilities": (sequential(
         [{"type": "linear", "out_features": 6}, {"type": "leaky_relu"},

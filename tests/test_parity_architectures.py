@@ -229,6 +229,9 @@ def test_residual_conv_with_1x1_projection(client):
 
 
 def test_embedding_and_attention_on_token_ids(client):
+    """A sequential model follows F.cross_entropy: the classes of its (N, T, V) = (2, 4, 10)
+    output lie in dimension 1 (4 of them), class ids have shape (N, V) (only `gpt` flattens
+    its logits to (N*T, V))."""
     ids = [[1, 4, 2, 9], [3, 3, 0, 7]]
     body = {
         "model": {
@@ -240,7 +243,7 @@ def test_embedding_and_attention_on_token_ids(client):
             ],
         },
         "input": ids,
-        "target": [[4, 2, 9, 1], [3, 0, 7, 7]],
+        "target": [[0, 2, 3, 1, 3, 0, 1, 2, 2, 0], [3, 1, 0, 0, 2, 3, 1, 1, 0, 2]],
         "loss": "cross_entropy",
         "seed": 21,
     }
@@ -252,7 +255,7 @@ def test_embedding_and_attention_on_token_ids(client):
         nn.Linear(12, 10),
     ))  # fmt: skip
     logits = model(torch.tensor(ids))
-    loss = F.cross_entropy(logits.flatten(0, 1), torch.tensor(body["target"]).flatten())
+    loss = F.cross_entropy(logits, torch.tensor(body["target"]))
     loss.backward()
     assert_parity(diagnose(client, body), model, loss)
 

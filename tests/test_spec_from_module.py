@@ -22,12 +22,14 @@ from tests.reference_gpt import GPTModel, MultiHeadAttention, TransformerBlock
 from tests.test_parity_architectures import GRAD_STATS, REL, Net, Residual, diagnose, normal
 
 
-def module_loss(output, loss, target):
+def module_loss(output, loss, target, kind):
     if loss == "sum":
         return output.sum()
     if loss == "mse":
         return F.mse_loss(output, target)
-    return F.cross_entropy(output.flatten(0, -2), target.flatten())
+    if kind == "gpt":  # the course's (B, T, V) logits, flattened; others: PyTorch's (N, C, ...)
+        return F.cross_entropy(output.flatten(0, -2), target.flatten())
+    return F.cross_entropy(output, target)
 
 
 def roundtrip(client, seed, factory, inputs, loss="sum", target=None, mode="train"):
@@ -41,7 +43,7 @@ def roundtrip(client, seed, factory, inputs, loss="sum", target=None, mode="trai
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(m.training == (mode == "train") and not m._forward_hooks for m in module.modules())
     assert json.loads(json.dumps(derived.spec)) == derived.spec
-    value = module_loss(module(inputs), loss, target)
+    value = module_loss(module(inputs), loss, target, derived.spec["kind"])
     value.backward()
     body = {"model": derived.spec, "input": inputs.tolist(), "loss": loss, "seed": seed}
     body |= {"mode": mode} | ({} if target is None else {"target": target.tolist()})
@@ -170,7 +172,8 @@ def test_embedding_and_attention_on_token_ids(client):
     )
     ids, target = (
         torch.tensor([[1, 4, 2, 9], [3, 3, 0, 7]]),
-        torch.tensor([[4, 2, 9, 1], [3, 0, 7, 7]]),
+        # classes in dimension 1 of the (2, 4, 10) output, as F.cross_entropy takes them
+        torch.tensor([[0, 2, 3, 1, 3, 0, 1, 2, 2, 0], [3, 1, 0, 0, 2, 3, 1, 1, 0, 2]]),
     )
     derived = roundtrip(client, 21, factory, ids, "cross_entropy", target)
     assert derived.spec["layers"][1] == {"type": "attention", "heads": 3, "qkv_bias": True}

@@ -53,6 +53,9 @@ class ModelSignature:
     output_shape: Shape
     estimate: Estimate
     input_classes: int | None = None  # token ids must lie in [0, input_classes)
+    # cross_entropy's classes: dimension 1 of (N, C, d1, ...) as in PyTorch; -1: last, the
+    # leading dimensions flattened (the course's (B, T, V) logits)
+    class_dim: int = 1
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def signature(spec: GPTSpec, input_shape: Shape, loc: Loc) -> ModelSignature:
     blocks = (block + Estimate(output_elements=batch * tokens * emb)) * cfg["n_layers"]
     estimate = embeddings + blocks + head
     output = (batch, tokens, vocab)
-    return ModelSignature("int", output, estimate, input_classes=vocab)
+    return ModelSignature("int", output, estimate, input_classes=vocab, class_dim=-1)
 
 
 def build(spec: GPTSpec, input_shape: Shape) -> nn.Module:

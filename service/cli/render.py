@@ -24,6 +24,7 @@ STYLES = {
     "exploding": "red",
     "dead": "bright_black",
     "non_finite": "magenta",
+    "not_measured": "dim",
 }
 BAR_WIDTH = 20
 METRICS = {"output_grad": "mean |dL/dout|", "param_grad": "mean |param grad|"}
@@ -175,6 +176,12 @@ def mean_std(value: MeanStd) -> str:
     return f"{number(value['mean'])} ± {number(value['std'])}"
 
 
+def _with_options(loss: str, schemas: dict[str, dict[str, Any]]) -> str:
+    """A loss and the options it takes: `smooth_l1 (reduction, beta)`."""
+    options = [key for key in schemas.get(loss, {}).get("properties", {}) if key != "name"]
+    return f"{loss} ({', '.join(options)})" if options else loss
+
+
 def capabilities(found: Capabilities) -> RenderableType:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
@@ -187,7 +194,7 @@ def capabilities(found: Capabilities) -> RenderableType:
         "layer types": ", ".join(found.layer_types),
         "gpt presets": ", ".join(found.gpt_presets),
         "activations": ", ".join(found.activations),
-        "losses": ", ".join(found.losses),
+        "losses": ", ".join(_with_options(name, found.loss_options) for name in found.losses),
         "dtypes": ", ".join(found.dtypes),
         "verdicts": ", ".join(found.verdicts),
         "request timeout": f"{found.request_timeout_s:g} s",

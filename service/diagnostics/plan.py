@@ -12,13 +12,13 @@ from typing import Any
 from service.architectures.base import ModelKind, ModelSignature, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
+from service.diagnostics.losses import LOSSES, class_axis
 from service.diagnostics.tensors import DTYPES, LiteralChecks, probe_shape
 from service.errors import (
     BudgetExceeded,
     InvalidRequest,
     InvalidTensor,
     Loc,
-    ShapeMismatch,
     UnsupportedDevice,
 )
 from service.schemas.requests import DiagnosticsRequest
@@ -41,25 +41,22 @@ class RunPlan:
     literals: LiteralChecks = field(default_factory=LiteralChecks, compare=False)
 
 
-def _target(request: DiagnosticsRequest, output: Shape, loc: Loc) -> tuple[Shape | None, bool]:
-    if request.loss == "sum":
+def _target(
+    request: DiagnosticsRequest, model: ModelSignature, loc: Loc
+) -> tuple[Shape | None, bool]:
+    """The target's shape, and whether it holds class ids, by the loss's target rule."""
+    options, rule = request.loss, LOSSES[request.loss.name].target
+    if rule is None:
         if request.target is not None:
-            raise InvalidRequest.at((*loc, "target"), "loss 'sum' takes no target")
+            raise InvalidRequest.at((*loc, "target"), f"loss '{options.name}' takes no target")
         return None, False
     if request.target is None:
-        raise InvalidRequest.at((*loc, "target"), f"loss '{request.loss}' needs a target")
+        raise InvalidRequest.at((*loc, "target"), f"loss '{options.name}' needs a target")
     shape = probe_shape(request.target, (*loc, "target"))
-    if shape == output:
-        return shape, False
-    if request.loss == "cross_entropy" and shape == output[:-1] and output:
-        return shape, True
-    wanted = f"the output's shape {list(output)}"
-    if request.loss == "cross_entropy":
-        wanted += f" (probabilities) or {list(output[:-1])} (class ids)"
-    raise ShapeMismatch.at(
-        (*loc, "target"),
-        f"target has shape {list(shape)}; loss '{request.loss}' needs {wanted}",
+    ids = rule(
+        options, model.output_shape, shape, model.class_dim, (*loc, "loss"), (*loc, "target")
     )
+    return shape, ids
 
 
 def _check_generated_ids(payload: Any, classes: int | None, loc: Loc, what: str) -> None:
@@ -152,10 +149,10 @@ def plan_run(
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
     model = kind.signature(request.model, input_shape, loc)
-    target_shape, target_integers = _target(request, model.output_shape, loc)
+    target_shape, target_integers = _target(request, model, loc)
     _check_generated_ids(request.input, model.input_classes, (*loc, "input"), "token id")
     if target_integers:
-        classes = model.output_shape[-1]
+        classes = model.output_shape[class_axis(model.output_shape, model.class_dim)]
         _check_generated_ids(request.target, classes, (*loc, "target"), "class id")
     elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
     dtype = request.dtype or default_dtype

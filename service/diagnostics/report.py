@@ -64,6 +64,7 @@ def layer_signal(
         metric=own_mean_abs if metric == "param_grad" else flowing,
         zero_fraction=zero_fraction,
         nonfinite=any(s["nonfinite_count"] for s in (*own, output, output_grad) if s is not None),
+        measured=bool(own) or output_grad is not None,
     )
 
 

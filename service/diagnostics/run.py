@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 import service
-from service.diagnostics.losses import LOSSES
+from service.diagnostics.losses import LOSSES, class_axis
 from service.diagnostics.model_cache import InitialModel, ModelCache
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.report import (
@@ -29,6 +29,7 @@ from service.diagnostics.stats import Statistics
 from service.diagnostics.tensors import DTYPES
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch, raise_if_cancelled
+from service.schemas.losses import CrossEntropyLoss
 from service.schemas.reports import DiagnosticsReport, LayerReport, Stats, Timing
 
 logger = logging.getLogger("gradiag")
@@ -39,12 +40,23 @@ logger = logging.getLogger("gradiag")
 CANCEL_POINTS_MIN_FLOPS = 10**8
 
 
-def _check_ids(ids: torch.Tensor, classes: int, loc: Loc, what: str) -> None:
+def _check_ids(
+    ids: torch.Tensor,
+    classes: int,
+    loc: Loc,
+    what: str,
+    ignored: int | None = None,
+    where: str = "",
+) -> None:
+    """Ids lie in [0, classes), or equal `ignored` (cross_entropy's ignore_index)."""
     outside = (ids < 0) | (ids >= classes)
+    if ignored is not None:
+        outside &= ids != ignored
     if outside.any():
         index = outside.nonzero()[0].tolist()
+        but = f" and is not ignore_index {ignored}" if ignored is not None else ""
         raise InvalidTensor.at(
-            (*loc, *index), f"{what} {int(ids[tuple(index)])} is outside [0, {classes})"
+            (*loc, *index), f"{what} {int(ids[tuple(index)])} is outside [0, {classes}){but}{where}"
         )
 
 
@@ -114,7 +126,11 @@ def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Te
             note=f"for class probabilities, give a target of the output's shape {output}",
         )
         if plan.target_integers:
-            _check_ids(target, plan.model.output_shape[-1], target_loc, "class id")
+            axis = class_axis(plan.model.output_shape, plan.model.class_dim)
+            where = f" (the classes: dimension {axis} of the output {output})"
+            options = request.loss
+            ignored = options.ignore_index if isinstance(options, CrossEntropyLoss) else None
+            _check_ids(target, output[axis], target_loc, "class id", ignored, where)
         target = target.to(device)
     return inputs.to(device), target
 
@@ -149,7 +165,9 @@ def _diagnose(
     model.capture.start(cancel, plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS)
     with _refusals_as_problems(plan.loc):
         output = module(inputs)
-        loss = LOSSES[request.loss](output, target)
+        loss = LOSSES[request.loss.name].function(
+            output, target, request.loss, plan.model.class_dim
+        )
         clock.lap("forward")
         # `backward` rather than `autograd.grad(...)`: on the CPU the latter took twice as
         # long for gpt2-small, the gradients being the same.

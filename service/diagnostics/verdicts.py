@@ -7,7 +7,16 @@ from service.schemas.reports import Verdict
 from service.schemas.requests import Thresholds
 
 # Worst first: the diagnosis takes the worst verdict of any layer.
-SEVERITY: tuple[Verdict, ...] = ("non_finite", "exploding", "vanishing", "dead", "healthy")
+# A layer not measured says nothing of the others: the diagnosis is not_measured only when
+# no layer was measured.
+SEVERITY: tuple[Verdict, ...] = (
+    "non_finite",
+    "exploding",
+    "vanishing",
+    "dead",
+    "healthy",
+    "not_measured",
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +27,7 @@ class LayerSignal:
     metric: float | None  # mean |gradient| by the chosen metric
     zero_fraction: float | None  # of the layer's gradient (parameters if any, else output)
     nonfinite: bool  # any NaN/Inf in its output, output gradient or parameter gradients
+    measured: bool = True  # a gradient reached its output or its parameters
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Threshol
         if signal.nonfinite:
             verdict = "non_finite"
             findings.append(f"{signal.name}: NaN or infinite values in its output or gradients")
+        elif not signal.measured:
+            verdict = "not_measured"
         elif signal.zero_fraction is not None and signal.zero_fraction > thresholds.dead_fraction:
             verdict = "dead"
             findings.append(
@@ -74,10 +86,20 @@ def judge(layers: Sequence[LayerSignal], loss_finite: bool, thresholds: Threshol
     if not loss_finite:
         findings.insert(0, "the loss is NaN or infinite")
         overall = "non_finite"
-    first_to_last = relative[0] if relative else None
-    if overall == "healthy" and layers:
+    unmeasured = [s.name for s in layers if not s.measured]
+    if unmeasured:
         findings.append(
-            f"all {len(layers)} layers within [{thresholds.vanishing:g}, "
+            f"{len(unmeasured)} of {len(layers)} layers not measured: "
+            f"{', '.join(unmeasured[:8])}{', ...' if len(unmeasured) > 8 else ''} "
+            "(no gradient reaches them: nothing before them requires grad)"
+        )
+    first = next((i for i, s in enumerate(layers) if s.measured), None)
+    first_to_last = relative[first] if first is not None else None
+    if overall == "healthy" and layers:
+        measured = len(layers) - len(unmeasured)
+        counted = f"{measured} measured" if unmeasured else f"{measured}"
+        findings.append(
+            f"all {counted} layers within [{thresholds.vanishing:g}, "
             f"{thresholds.exploding:g}]x of the last layer's gradient ({thresholds.metric})"
         )
     if first_to_last is not None:

@@ -53,6 +53,12 @@ def layer_max(report: DiagnosticsReport, layer: LayerReport) -> float | None:
     return max(g["max_abs"] for g in grads if g is not None and g["max_abs"] is not None)
 
 
+def _why_missing(layer: LayerReport, value: float | None) -> str:
+    if layer["verdict"] == "not_measured":
+        return "no gradient reaches it"
+    return "no gradient flows" if value == 0 else "NaN, infinite or no gradient"
+
+
 def reference(report: DiagnosticsReport) -> float | None:
     """What the thresholds multiply: the last layer's metric, as the verdicts take it."""
     means = [layer_mean(report, layer) for layer in report["layers"]]
@@ -169,8 +175,7 @@ def _series(
             gid("missing", run),
             [
                 f"{prefix}{layer['name']} (layer {layer['index']}): {mean_name} "
-                f"{number(value)} (not on a log axis: "
-                f"{'no gradient flows' if value == 0 else 'NaN, infinite or no gradient'}); "
+                f"{number(value)} (not on a log axis: {_why_missing(layer, value)}); "
                 f"{layer['verdict']}"
                 for layer, value in missing
             ],

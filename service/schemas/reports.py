@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
-Verdict = Literal["healthy", "vanishing", "exploding", "dead", "non_finite"]
+# not_measured: no gradient reached the layer (nothing before it requires grad: an
+# activation, flatten or dropout before the first layer with parameters).
+Verdict = Literal["healthy", "vanishing", "exploding", "dead", "non_finite", "not_measured"]
 StatisticsPath = Literal["native", "tiled", "reference"]
 
 
@@ -48,7 +50,13 @@ class LayerReport(TypedDict):
     relative_to_last: Annotated[
         float | None, Field(description="this layer's verdict metric divided by the last layer's")
     ]
-    verdict: Verdict
+    verdict: Annotated[
+        Verdict,
+        Field(
+            description="not_measured: no gradient reached its output or parameters (nothing "
+            "before it requires grad), counted in no finding"
+        ),
+    ]
 
 
 class Diagnosis(TypedDict):

@@ -1,26 +1,56 @@
 """Request bodies of the diagnostics endpoints."""
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union
 
 from pydantic import (
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from service.config import DevicePattern, DTypeName
 from service.diagnostics.losses import LOSSES
 from service.schemas.common import PositiveFloat, Seed, StrictModel
+from service.schemas.losses import LossOptions
 from service.schemas.models import ModelSpec
 from service.schemas.tensors import TensorPayload
 
 if TYPE_CHECKING:  # the names are known at run time only, from the registry
     LossName = str
+    LossSpec = LossOptions
 else:
     LossName = Literal[tuple(LOSSES)]
+    LossSpec = Annotated[
+        Union[tuple(loss.options for loss in LOSSES.values())],  # noqa: UP007
+        Field(discriminator="name"),
+    ]
 VerdictMetric = Literal["output_grad", "param_grad"]
+
+
+def _loss_by_name(value: Any) -> Any:
+    """A loss named by a string is that loss with PyTorch's default options."""
+    if isinstance(value, str):
+        if value in LOSSES:
+            return {"name": value}
+        names = ", ".join(repr(name) for name in LOSSES)
+        raise PydanticCustomError("literal_error", f"Input should be one of {names}")
+    return value
+
+
+Loss = Annotated[
+    LossSpec,
+    BeforeValidator(_loss_by_name, json_schema_input_type=LossName | LossSpec),
+    Field(
+        description="a loss's name (PyTorch's default options), or an object: its `name` "
+        "and options. cross_entropy's classes: dimension 1 of an (N, C) or (N, C, d1, ...) "
+        "output as in PyTorch (class ids (N, d1, ...)), except for `gpt`, whose (B, T, V) "
+        "logits have them last and are flattened to (B*T, V) (class ids (B, T))",
+    ),
+]
 
 LESSON_REQUEST: dict[str, Any] = {
     "model": {
@@ -64,9 +94,9 @@ class DiagnosticsRequest(StrictModel):
     model: ModelSpec
     input: TensorPayload
     target: TensorPayload | None = Field(
-        None, description="required by every loss but `sum`; integers for cross_entropy ids"
+        None, description="required by every loss but `sum`; integers for cross_entropy's class ids"
     )
-    loss: LossName = "mse"
+    loss: Loss = Field("mse", validate_default=True)
     seed: Seed = Field(0, description="the seed of the initial weights (torch.manual_seed)")
     dtype: DTypeName | None = Field(None, description="default: the server's default dtype")
     device: DevicePattern | None = Field(
@@ -76,6 +106,14 @@ class DiagnosticsRequest(StrictModel):
     )
     mode: Literal["train", "eval"] = "train"
     thresholds: Thresholds = Thresholds()
+
+
+def _loss_as_object(document: dict[str, Any]) -> dict[str, Any]:
+    """A loss named by a string as the object it stands for, so that a patch or an axis may
+    set one of its options (`loss.label_smoothing`)."""
+    if isinstance(document.get("loss"), str):
+        return {**document, "loss": {"name": document["loss"]}}
+    return document
 
 
 class BasedRequest(StrictModel):
@@ -91,7 +129,7 @@ class BasedRequest(StrictModel):
     def _keep_base_document(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
         model = handler(data)
         if isinstance(data, dict) and isinstance(data.get("base"), dict):
-            model._base_document = data["base"]
+            model._base_document = _loss_as_object(data["base"])
         return model
 
     @property

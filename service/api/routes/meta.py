@@ -29,6 +29,7 @@ router = APIRouter(tags=["service"])
 _SPEC_MODELS = {get_args(spec.model_fields["kind"].annotation)[0]: spec for spec in MODEL_SPECS}
 _MODEL_SCHEMAS = {kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS}
 _GENERATOR_SCHEMA = TypeAdapter(TensorGenerator).json_schema()
+_LOSS_SCHEMAS = {name: loss.options.model_json_schema() for name, loss in LOSSES.items()}
 
 
 def _layer_types() -> dict[str, dict[str, Any]]:
@@ -56,6 +57,11 @@ class Capabilities(BaseModel):
     gpt_presets: dict[str, dict[str, Any]]
     activations: list[str]
     losses: list[str]
+    loss_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,  # absent from older servers' answers
+        description="each loss's JSON schema: `loss` is its name, or an object of its `name` "
+        "and these options",
+    )
     dtypes: list[str]
     tensor_generators: dict[str, Any]
     statistics: list[str]
@@ -105,9 +111,9 @@ class Readiness(BaseModel):
 )
 async def get_capabilities(runs: RunServiceDep) -> Capabilities:
     """Everything a client needs to build a valid request: model kinds and layer types with
-    their JSON schemas, GPT presets, activations, losses, dtypes, tensor generators, the
-    statistics and verdicts reported, the devices a request may name, and the limits it
-    must fit."""
+    their JSON schemas, GPT presets, activations, losses with their options' schemas, dtypes,
+    tensor generators, the statistics and verdicts reported, the devices a request may name,
+    and the limits it must fit."""
     settings = runs.settings
     return Capabilities(
         service_version=service.__version__,
@@ -116,6 +122,7 @@ async def get_capabilities(runs: RunServiceDep) -> Capabilities:
         gpt_presets=GPT_PRESETS,
         activations=list(ACTIVATIONS),
         losses=list(LOSSES),
+        loss_options=_LOSS_SCHEMAS,
         dtypes=list(DTYPES),
         tensor_generators={"schema": _GENERATOR_SCHEMA},
         statistics=list(Stats.__annotations__),
