@@ -87,6 +87,7 @@ _INITIALISERS: dict[type[nn.Module], Initialiser] = {
     nn.RMSNorm: _deterministic,
     nn.BatchNorm1d: _deterministic,
     nn.BatchNorm2d: _deterministic,
+    nn.GroupNorm: _deterministic,
 }
 
 

@@ -186,6 +186,7 @@ def capabilities(found: Capabilities) -> RenderableType:
         "model kinds": ", ".join(found.model_kinds),
         "layer types": ", ".join(found.layer_types),
         "gpt presets": ", ".join(found.gpt_presets),
+        "resnet presets": ", ".join(found.resnet_presets),
         "activations": ", ".join(found.activations),
         "losses": ", ".join(found.losses),
         "dtypes": ", ".join(found.dtypes),
