@@ -173,3 +173,11 @@ def test_without_preset_block_and_layers_are_required(client):
 def test_a_batch_of_one_runs_in_eval_mode(client):
     report = diagnose(client, _body(TINY, [1, 3, 16, 16], mode="eval"))
     assert report["output_shape"] == [1, 2]
+
+
+def test_capabilities_list_the_kind_and_its_presets(client):
+    found = client.get("/v1/capabilities").json()
+    assert found["resnet_presets"] == RESNET_PRESETS
+    assert found["model_kinds"]["resnet"]["properties"]["preset"]["anyOf"][0]["enum"] == list(
+        RESNET_PRESETS
+    )

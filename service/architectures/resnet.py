@@ -6,6 +6,8 @@ shortcuts do. Stem and fc are left out (as the GPT's embeddings and head are): t
 block, not the classifier, is the reference.
 """
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
@@ -23,63 +25,55 @@ def _window(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _conv_norm(
-    batch: int,
-    c_in: int,
-    c_out: int,
-    size: tuple[int, int],
-    kernel: int,
-    stride: int,
-    groups: int,
-    norm: str,
-    norm_groups: int,
-) -> tuple[tuple[int, int], Estimate]:
-    """A bias-free convolution, its norm and a ReLU (whose cost is the norm's output's)."""
-    padding = kernel // 2
-    out = (_window(size[0], kernel, stride, padding), _window(size[1], kernel, stride, padding))
-    n = batch * c_out * out[0] * out[1]
-    taps = c_in // groups * kernel * kernel
-    conv = Estimate(
-        parameters=c_out * taps,
-        activation_elements=n,  # the convolution's output, kept by the norm (or the ReLU)
-        flops=6 * n * taps + 8 * n,
-        # The unfolded input (im2col) of the non-oneDNN paths and its gradient.
-        workspace_elements=2 * batch * out[0] * out[1] * c_in * kernel * kernel,
-    )
-    if norm == "none":
-        return out, conv
-    # The norm's output, which the ReLU keeps, and its statistics: a batch norm's saved and
-    # running mean and variance per channel, a group norm's mean and rstd per group.
-    stats = 4 * c_out if norm == "batch" else 2 * batch * norm_groups
-    return out, conv + Estimate(2 * c_out, n + stats, 24 * n)
+Size2d = tuple[int, int]
 
 
-def _block(
-    plan: BlockPlan,
-    block: str,
-    batch: int,
-    size: tuple[int, int],
-    groups: int,
-    norm: str,
-    norm_groups: int,
-) -> tuple[tuple[int, int], Estimate]:
-    def conv(c_in: int, c_out: int, at: tuple[int, int], kernel: int, stride: int = 1,
-             conv_groups: int = 1) -> tuple[tuple[int, int], Estimate]:  # fmt: skip
-        return _conv_norm(batch, c_in, c_out, at, kernel, stride, conv_groups, norm, norm_groups)
+@dataclass(frozen=True)
+class _Costs:
+    """The costs of one network's parts on a batch of `batch` images."""
 
-    if block == "basic":
-        mid, first = conv(plan.in_channels, plan.width, size, 3, plan.stride)
-        out, second = conv(plan.width, plan.out_channels, mid, 3)
-        total = first + second
-    else:
-        _, first = conv(plan.in_channels, plan.width, size, 1)
-        mid, second = conv(plan.width, plan.width, size, 3, plan.stride, groups)
-        out, third = conv(plan.width, plan.out_channels, mid, 1)
-        total = first + second + third
-    if plan.downsample:
-        total = total + conv(plan.in_channels, plan.out_channels, size, 1, plan.stride)[1]
-    n = batch * plan.out_channels * out[0] * out[1]
-    return out, total + Estimate(flops=n, layers=1, output_elements=n)  # the shortcut's add
+    batch: int
+    block_type: str
+    groups: int
+    norm: str
+    norm_groups: int
+
+    def conv(
+        self, c_in: int, c_out: int, size: Size2d, kernel: int, stride: int = 1, groups: int = 1
+    ) -> tuple[Size2d, Estimate]:
+        """A bias-free convolution (padding kernel // 2), its norm and a ReLU in place."""
+        out = tuple(_window(s, kernel, stride, kernel // 2) for s in size)
+        n = self.batch * c_out * out[0] * out[1]
+        taps = c_in // groups * kernel * kernel
+        estimate = Estimate(
+            parameters=c_out * taps,
+            activation_elements=n,  # the convolution's output, kept by the norm (or the ReLU)
+            flops=6 * n * taps + 8 * n,
+            # The unfolded input (im2col) of the non-oneDNN paths and its gradient.
+            workspace_elements=2 * self.batch * out[0] * out[1] * c_in * kernel * kernel,
+        )
+        if self.norm != "none":
+            # The norm's output, which the ReLU keeps, and its statistics: a batch norm's saved
+            # and running mean and variance per channel, a group norm's mean and rstd per group.
+            stats = 4 * c_out if self.norm == "batch" else 2 * self.batch * self.norm_groups
+            estimate += Estimate(2 * c_out, n + stats, 24 * n)
+        return (out[0], out[1]), estimate
+
+    def block(self, plan: BlockPlan, size: Size2d) -> tuple[Size2d, Estimate]:
+        """One block: its convolutions, the downsample and the shortcut's add."""
+        if self.block_type == "basic":
+            mid, first = self.conv(plan.in_channels, plan.width, size, 3, plan.stride)
+            out, second = self.conv(plan.width, plan.out_channels, mid, 3)
+            total = first + second
+        else:
+            _, first = self.conv(plan.in_channels, plan.width, size, 1)
+            mid, second = self.conv(plan.width, plan.width, size, 3, plan.stride, self.groups)
+            out, third = self.conv(plan.width, plan.out_channels, mid, 1)
+            total = first + second + third
+        if plan.downsample:
+            total += self.conv(plan.in_channels, plan.out_channels, size, 1, plan.stride)[1]
+        n = self.batch * plan.out_channels * out[0] * out[1]
+        return out, total + Estimate(flops=n, layers=1, output_elements=n)
 
 
 def _check_config(spec: ResNetSpec, plans: list[BlockPlan], loc: Loc) -> None:
@@ -126,26 +120,22 @@ def signature(spec: ResNetSpec, input_shape: Shape, loc: Loc) -> ModelSignature:
     )
     _check_config(spec, plans, loc)
     batch, channels, height, width = input_shape
-    stem_size, estimate = _conv_norm(
-        batch, channels, STEM_CHANNELS, (height, width), 7, 2, 1, spec.norm, spec.norm_groups
-    )
+    costs = _Costs(batch, cfg["block"], cfg["groups"], spec.norm, spec.norm_groups)
+    stem_size, estimate = costs.conv(channels, STEM_CHANNELS, (height, width), 7, 2)
     size = (_window(stem_size[0], 3, 2, 1), _window(stem_size[1], 3, 2, 1))
     pooled = batch * STEM_CHANNELS * size[0] * size[1]
-    # The max pool's output and its int64 indices (two elements of float32 each).
     stem = batch * STEM_CHANNELS * stem_size[0] * stem_size[1]
+    # The max pool's output and its int64 indices (two elements of float32 each).
     estimate += Estimate(activation_elements=3 * pooled, flops=3 * stem)
     for plan in plans:
-        size, cost = _block(
-            plan, cfg["block"], batch, size, cfg["groups"], spec.norm, spec.norm_groups
-        )
+        size, cost = costs.block(plan, size)
         estimate += cost
     features, classes = plans[-1].out_channels, cfg["num_classes"]
-    head = Estimate(
+    estimate += Estimate(
         parameters=features * classes + classes,
         activation_elements=batch * features,  # the pooled features the fc keeps
         flops=batch * features * size[0] * size[1] + 6 * batch * features * classes,
     )
-    estimate += head
     return ModelSignature("float", (batch, classes), estimate)
 
 

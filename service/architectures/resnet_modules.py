@@ -7,7 +7,7 @@ initial weights, with two diagnostics switches:
   or none (nn.Identity; the convolutions keep bias=False, so that the weights and the draws
   are those of the normalised network and only the normalisation differs).
 
-Weights are drawn as `torch.manual_seed(seed)` and torchvision's constructor draw them: each
+Weights are those that `torch.manual_seed(seed)` then torchvision's constructor give: each
 module's default initialisation at construction (a block's downsample before the block's
 convolutions, the fc after every convolution), then the constructor's loop redraws each
 convolution with kaiming_normal_(mode="fan_out", nonlinearity="relu") in registration order.
@@ -33,12 +33,17 @@ STEM_CHANNELS = 64
 class BlockPlan:
     """One block's channels: what the builder makes and the shape rule costs."""
 
-    name: str  # layer{stage}.{index}
+    stage: int  # 1..4
+    index: int  # in its stage
     in_channels: int
     width: int  # of the inner convolutions
     out_channels: int
     stride: int
     downsample: bool
+
+    @property
+    def name(self) -> str:
+        return f"layer{self.stage}.{self.index}"
 
 
 def block_plans(
@@ -54,7 +59,8 @@ def block_plans(
             project = first and (stride != 1 or inplanes != planes * expansion) and shortcut
             plans.append(
                 BlockPlan(
-                    f"layer{stage}.{index}",
+                    stage,
+                    index,
                     inplanes,
                     width,
                     planes * expansion,
@@ -124,7 +130,7 @@ def conv1x1(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
 class Block(nn.Module):
     """The residual add and the last ReLU, shared by both block types."""
 
-    downsample: nn.Module | None
+    downsample: nn.Sequential | None
     shortcut: bool
     relu: nn.Module
 
@@ -225,8 +231,11 @@ class ResNet(nn.Module, SeededInit):
         kind = BasicBlock if block == "basic" else Bottleneck
         plans = block_plans(block, layers, groups, width_per_group, shortcut)
         for stage in range(1, len(STAGES) + 1):
-            stage_plans = [p for p in plans if p.name.startswith(f"layer{stage}.")]
-            blocks = (kind(p, groups, make_norm, zero_init_residual, shortcut) for p in stage_plans)
+            blocks = (
+                kind(p, groups, make_norm, zero_init_residual, shortcut)
+                for p in plans
+                if p.stage == stage
+            )
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = Classifier(plans[-1].out_channels, num_classes)
@@ -237,13 +246,14 @@ class ResNet(nn.Module, SeededInit):
     def blocks(self) -> Iterator[tuple[str, Block]]:
         for stage, blocks in enumerate(self.stages(), 1):
             for index, block in enumerate(blocks):
+                assert isinstance(block, Block)
                 yield f"layer{stage}.{index}", block
 
     def reset_seeded(self, generator: torch.Generator) -> None:
         """torchvision's construction-time draws: the convolutions' default initialisation in
         construction order (their values are redrawn, but the draws advance the stream),
         then the fc's, which it keeps."""
-        skip = lambda: None  # noqa: E731 - one module's draw; `initialise` checks between modules
+        skip = lambda: None  # noqa: E731 - no cancellation checks within this one step
         default_draw(self.conv1, generator, skip)
         for _, block in self.blocks():
             if block.downsample is not None:  # _make_layer makes it before the block
