@@ -301,7 +301,7 @@ TAG_CASES = {
     "missing_kind": (
         {"model": {"layer_sizes": [3, 1]}, "input": [[1.0, 2.0, 3.0]], "target": [[0.0]]},
         ["body", "model", "kind"],
-        "`kind` is required: one of 'mlp', 'sequential', 'gpt'",
+        f"`kind` is required: {KINDS}",
     ),
     "unknown_kind": (
         with_(model_kind="foo"),

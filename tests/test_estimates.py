@@ -12,7 +12,7 @@ import torch
 from service.architectures.activations import ACTIVATIONS
 from service.architectures.modules import SeededDropout
 from service.architectures.registry import MODEL_KINDS
-from service.schemas.models import GPTSpec, MLPSpec, SequentialSpec
+from service.schemas.models import GPTSpec, MLPSpec, ResNetSpec, SequentialSpec
 from tests.processes import ROOT
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -37,7 +37,9 @@ def saved_elements(module: torch.nn.Module, inputs: torch.Tensor, with_input: bo
 
 
 def assert_estimate_bounds(
-    spec: MLPSpec | SequentialSpec | GPTSpec, shape: tuple[int, ...], dtype: torch.dtype
+    spec: MLPSpec | SequentialSpec | GPTSpec | ResNetSpec,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
 ) -> None:
     kind = MODEL_KINDS[spec.kind]
     signature = kind.signature(spec, shape, ("body",))
@@ -222,6 +224,23 @@ def test_gpt_estimate_bounds_what_is_saved(norm, dtype):
     assert_estimate_bounds(spec, (2, 12), dtype)
 
 
+RESNETS = {
+    "basic": {"block": "basic", "layers": [1, 2, 1, 1]},
+    "basic_plain_group_norm": {"block": "basic", "layers": [1, 1, 1, 1], "shortcut": False,
+                               "norm": "group", "norm_groups": 16},
+    "basic_no_norm": {"block": "basic", "layers": [1, 1, 1, 1], "norm": "none"},
+    "bottleneck_grouped": {"block": "bottleneck", "layers": [1, 1, 1, 1], "groups": 4,
+                           "width_per_group": 8, "norm": "group"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", RESNETS)
+def test_resnet_estimate_bounds_what_is_saved(name, dtype):
+    spec = ResNetSpec.model_validate({"kind": "resnet", "num_classes": 10, **RESNETS[name]})
+    assert_estimate_bounds(spec, (2, 3, 40, 24), dtype)
+
+
 def _measured_peak(body: dict) -> dict:
     command = [sys.executable, "-m", "tests.peak_memory", json.dumps(body)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -284,6 +303,10 @@ MEMORY_CASES = {
     # Variants run one at a time: four of them peak as one does.
     "compare_of_4": {"base": WIDE, "variants": {f"v{i}": {"seed": i} for i in range(4)}},
     "gpt_logits": GPT_WIDE_VOCABULARY,
+    # A cold process's RSS exceeds the live tensors by 20-30 % here (glibc keeps the heap
+    # between convolutions): the case that sets the headroom.
+    "resnet18": {"model": {"kind": "resnet", "preset": "resnet18", "num_classes": 10},
+                 "input": {"shape": [32, 3, 64, 64], "distribution": "normal"}, "loss": "sum"},
     "conv_im2col": CONV7,
     "conv_grouped": CONV_GROUPED,
     "conv_dilated_reflect": CONV_DILATED,

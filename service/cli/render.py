@@ -193,6 +193,7 @@ def capabilities(found: Capabilities) -> RenderableType:
         "model kinds": ", ".join(found.model_kinds),
         "layer types": ", ".join(found.layer_types),
         "gpt presets": ", ".join(found.gpt_presets),
+        "resnet presets": ", ".join(found.resnet_presets),
         "activations": ", ".join(found.activations),
         "losses": ", ".join(_with_options(name, found.loss_options) for name in found.losses),
         "dtypes": ", ".join(found.dtypes),

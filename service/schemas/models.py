@@ -108,6 +108,78 @@ class GPTSpec(StrictModel):
         return base | given
 
 
-ModelSpec = Annotated[MLPSpec | SequentialSpec | GPTSpec, Field(discriminator="kind")]
+RESNET_PRESETS: dict[str, dict[str, Any]] = {
+    "resnet18": {"block": "basic", "layers": [2, 2, 2, 2]},
+    "resnet34": {"block": "basic", "layers": [3, 4, 6, 3]},
+    "resnet50": {"block": "bottleneck", "layers": [3, 4, 6, 3]},
+    "resnet101": {"block": "bottleneck", "layers": [3, 4, 23, 3]},
+    "resnet152": {"block": "bottleneck", "layers": [3, 8, 36, 3]},
+    "resnext50_32x4d": {"block": "bottleneck", "layers": [3, 4, 6, 3], "groups": 32,
+                        "width_per_group": 4},
+    "wide_resnet50_2": {"block": "bottleneck", "layers": [3, 4, 6, 3], "width_per_group": 128},
+}  # fmt: skip
+
+# torchvision's defaults for what neither a preset nor the request gives.
+RESNET_DEFAULTS: dict[str, Any] = {"num_classes": 1000, "groups": 1, "width_per_group": 64}
+RESNET_CONFIG_KEYS = ("block", "layers", "num_classes", "groups", "width_per_group")
+StageBlocks = Annotated[int, Field(ge=1, le=1024)]
+
+
+class ResNetSpec(StrictModel):
+    """torchvision's ResNet on images (N, C, H, W), C inferred from the input: parameter
+    names, layout and initialisation are torchvision's. A `preset` fills the config; fields
+    given next to it override the preset's. Without a preset `block` and `layers` are
+    required; the other keys default to torchvision's."""
+
+    model_config = example(
+        {"kind": "resnet", "preset": "resnet18", "num_classes": 10, "shortcut": False}
+    )
+
+    kind: Literal["resnet"]
+    preset: Literal[tuple(RESNET_PRESETS)] | None = None  # type: ignore[valid-type]
+    block: Literal["basic", "bottleneck"] | None = Field(
+        None, description="BasicBlock (two 3x3 convs) or Bottleneck (1x1, 3x3, 1x1, x4 wide)"
+    )
+    layers: Annotated[list[StageBlocks], Field(min_length=4, max_length=4)] | None = Field(
+        None, description="blocks per stage, layer1..layer4"
+    )
+    num_classes: Size | None = None
+    groups: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        None, description="the 3x3 convolution's groups (ResNeXt); bottleneck only"
+    )
+    width_per_group: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        None, description="a bottleneck's width per group at 64 planes (64: ResNet)"
+    )
+    zero_init_residual: bool = Field(
+        False, description="each block's last norm starts with weight 0 (torchvision's flag)"
+    )
+    shortcut: bool = Field(
+        True,
+        description="the blocks' shortcut adds; false drops them and the downsample "
+        "projections: He et al.'s plain network",
+    )
+    norm: Literal["batch", "group", "none"] = Field(
+        "batch", description="BatchNorm2d (torchvision's), GroupNorm(norm_groups, C), or none"
+    )
+    norm_groups: Annotated[int, Field(ge=1, le=4096)] = Field(
+        32, description="GroupNorm's number of groups; must divide every channel count"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        config = self.config()
+        missing = [k for k in ("block", "layers") if config.get(k) is None]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}: give them or a preset")
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config: defaults, the preset's values, then the fields given."""
+        base = RESNET_DEFAULTS | (RESNET_PRESETS[self.preset] if self.preset else {})
+        given = {k: getattr(self, k) for k in RESNET_CONFIG_KEYS if getattr(self, k) is not None}
+        return base | given
+
+
+ModelSpec = Annotated[MLPSpec | SequentialSpec | GPTSpec | ResNetSpec, Field(discriminator="kind")]
 # The union's members (Annotated[union, discriminator] -> union -> its classes).
 MODEL_SPECS: tuple[type[StrictModel], ...] = get_args(get_args(ModelSpec)[0])

@@ -18,7 +18,7 @@ from service.diagnostics.tensors import DTYPES
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import NotReady
 from service.schemas.layers import LAYER_SPECS
-from service.schemas.models import GPT_PRESETS, MODEL_SPECS
+from service.schemas.models import GPT_PRESETS, MODEL_SPECS, RESNET_PRESETS
 from service.schemas.reports import Stats
 from service.schemas.requests import Thresholds
 from service.schemas.tensors import TensorGenerator
@@ -55,6 +55,7 @@ class Capabilities(BaseModel):
     model_kinds: dict[str, dict[str, Any]]
     layer_types: dict[str, dict[str, Any]]
     gpt_presets: dict[str, dict[str, Any]]
+    resnet_presets: dict[str, dict[str, Any]]
     activations: list[str]
     losses: list[str]
     loss_options: dict[str, dict[str, Any]] = Field(
@@ -111,15 +112,16 @@ class Readiness(BaseModel):
 )
 async def get_capabilities(runs: RunServiceDep) -> Capabilities:
     """Everything a client needs to build a valid request: model kinds and layer types with
-    their JSON schemas, GPT presets, activations, losses with their options' schemas, dtypes,
-    tensor generators, the statistics and verdicts reported, the devices a request may name,
-    and the limits it must fit."""
+    their JSON schemas, GPT and ResNet presets, activations, losses with their options'
+    schemas, dtypes, tensor generators, the statistics and verdicts reported, the devices a
+    request may name, and the limits it must fit."""
     settings = runs.settings
     return Capabilities(
         service_version=service.__version__,
         model_kinds=_MODEL_SCHEMAS,
         layer_types=_LAYER_TYPES,
         gpt_presets=GPT_PRESETS,
+        resnet_presets=RESNET_PRESETS,
         activations=list(ACTIVATIONS),
         losses=list(LOSSES),
         loss_options=_LOSS_SCHEMAS,
