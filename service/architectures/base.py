@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from service.errors import Loc
+from service.errors import Loc, ShapeMismatch
 
 Shape = tuple[int, ...]
 InputKind = Literal["float", "int"]
@@ -43,6 +43,12 @@ class Estimate:
             self.output_elements * times,
             self.workspace_elements,
         )
+
+
+def layer_mismatch(loc: Loc, spec: Any, shape: Shape, why: str) -> ShapeMismatch:
+    """A shape rule's refusal, naming the layer (by its index in `loc`), its type and input."""
+    index = next((p for p in reversed(loc) if isinstance(p, int)), "?")
+    return ShapeMismatch.at(loc, f"layer {index} ({spec.type}) on input {list(shape)}: {why}")
 
 
 @dataclass(frozen=True)

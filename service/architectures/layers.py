@@ -13,14 +13,15 @@ from typing import Any
 from torch import nn
 
 from service.architectures.activations import ACTIVATIONS, make_activation
-from service.architectures.base import Estimate, Shape
+from service.architectures.base import Estimate, Shape, layer_mismatch
 from service.architectures.modules import (
     MultiHeadAttention,
     Residual,
     SeededDropout,
     TransformerBlock,
 )
-from service.errors import Loc, ShapeMismatch
+from service.architectures.recurrent import recurrent_build, recurrent_infer
+from service.errors import Loc
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,7 @@ class LayerType:
     build: Callable[[Any, Shape], nn.Module]
 
 
-def _fail(loc: Loc, spec: Any, shape: Shape, why: str) -> ShapeMismatch:
-    index = next((p for p in reversed(loc) if isinstance(p, int)), "?")
-    return ShapeMismatch.at(loc, f"layer {index} ({spec.type}) on input {list(shape)}: {why}")
+_fail = layer_mismatch
 
 
 def _need_dims(spec: Any, shape: Shape, loc: Loc, dims: Sequence[int], what: str) -> None:
@@ -255,6 +254,7 @@ LAYER_TYPES: dict[str, LayerType] = {
     "attention": LayerType(_attention_infer, _attention_build),
     "transformer_block": LayerType(_attention_infer, _block_build),
     "residual": LayerType(_residual_infer, _residual_build),
+    **{name: LayerType(recurrent_infer, recurrent_build) for name in ("rnn", "lstm", "gru")},
 }
 
 

@@ -42,6 +42,7 @@ _TAKES = {
     "avg_pool2d": "(batch, channels, height, width)",
     "attention": "(batch, tokens, features)",
     "transformer_block": "(batch, tokens, features)",
+    **dict.fromkeys(("rnn", "lstm", "gru"), "(batch, time steps, features)"),
 }
 
 

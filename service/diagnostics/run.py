@@ -27,6 +27,7 @@ from service.diagnostics.report import (
 )
 from service.diagnostics.stats import Statistics
 from service.diagnostics.tensors import DTYPES
+from service.diagnostics.through_time import ThroughTime, worst
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch, raise_if_cancelled
 from service.schemas.reports import DiagnosticsReport, LayerReport, Stats, Timing
@@ -83,13 +84,16 @@ class _Clock:
     def timing(self, started: float) -> Timing:
         laps = self.laps
         total = round((time.perf_counter() - started) * 1000, 4)
-        return Timing(
+        timing = Timing(
             build=laps["build"],
             forward=laps["forward"],
             backward=laps["backward"],
             statistics=laps["statistics"],
             total=total,
         )
+        if "through_time" in laps:
+            timing["through_time"] = laps["through_time"]
+        return timing
 
 
 def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -147,7 +151,8 @@ def _diagnose(
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
     model.capture.start(cancel, plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS)
-    with _refusals_as_problems(plan.loc):
+    through = ThroughTime(module, cancel)  # recurrent layers record what their replay needs
+    with _refusals_as_problems(plan.loc), through.recording():
         output = module(inputs)
         loss = LOSSES[request.loss](output, target)
         clock.lap("forward")
@@ -156,6 +161,9 @@ def _diagnose(
         torch.autograd.backward(loss)
         raise_if_cancelled(cancel)
         clock.lap("backward")
+    through_time = through.measure(request.thresholds)
+    if through_time.reports:
+        clock.lap("through_time")
 
     outputs = model.capture.outputs
     param_grads = [p.grad for _, p in named]
@@ -202,12 +210,14 @@ def _diagnose(
         }
         for i, ((name, _), out) in enumerate(zip(layers, outputs, strict=True))
     ]
-    return {
+    report: DiagnosticsReport = {
         "diagnosis": {
-            "verdict": verdicts.verdict,
+            "verdict": worst([verdicts.verdict, *through_time.verdicts]),
             "metric": thresholds.metric,
             "first_to_last_ratio": verdicts.first_to_last,
-            "findings": verdicts.findings + parameter_findings(parameters),
+            "findings": verdicts.findings
+            + parameter_findings(parameters)
+            + through_time.findings,
         },
         "loss": loss_value,
         "output_shape": list(output.shape),
@@ -227,3 +237,6 @@ def _diagnose(
         },
         "timing_ms": clock.timing(started),
     }
+    if through_time.reports:
+        report["through_time"] = through_time.reports
+    return report

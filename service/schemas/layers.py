@@ -150,6 +150,48 @@ class TransformerBlockLayer(StrictModel):
     causal: bool = True
 
 
+class RecurrentFields(StrictModel):
+    """What nn.RNN, nn.LSTM and nn.GRU share; the input is (N, T, D), batch first."""
+
+    hidden_size: Size
+    num_layers: Annotated[int, Field(ge=1, le=64)] = 1
+    bias: bool = True
+    bidirectional: bool = False
+    dropout: Probability = Field(
+        0.0, description="between stacked layers in train mode (needs num_layers ≥ 2)"
+    )
+    output: Literal["sequence", "last"] = Field(
+        "sequence",
+        description="sequence: the (N, T, dirs·H) output; last: output[:, -1] (many-to-one)",
+    )
+
+
+class RNNLayer(RecurrentFields):
+    """nn.RNN(batch_first=True) on (N, T, D), zero initial state; input_size inferred."""
+
+    model_config = example({"type": "rnn", "hidden_size": 32, "output": "last"})
+
+    type: Literal["rnn"]
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+
+class LSTMLayer(RecurrentFields):
+    """nn.LSTM(batch_first=True) on (N, T, D), zero initial state; input_size inferred."""
+
+    model_config = example({"type": "lstm", "hidden_size": 32, "output": "last"})
+
+    type: Literal["lstm"]
+    proj_size: Annotated[int, Field(ge=0, le=2**24)] = 0
+
+
+class GRULayer(RecurrentFields):
+    """nn.GRU(batch_first=True) on (N, T, D), zero initial state; input_size inferred."""
+
+    model_config = example({"type": "gru", "hidden_size": 32, "output": "last"})
+
+    type: Literal["gru"]
+
+
 class ResidualLayer(StrictModel):
     """`body(x) + x`; when the body changes the shape, `projection: true` adds a Linear (or a
     1x1 conv for (N, C, ...) inputs) on the shortcut, otherwise the spec is refused."""
@@ -177,6 +219,9 @@ LayerSpec = Annotated[
         EmbeddingLayer,
         AttentionLayer,
         TransformerBlockLayer,
+        RNNLayer,
+        LSTMLayer,
+        GRULayer,
         ResidualLayer,
     ],
     Field(discriminator="type"),
