@@ -177,6 +177,10 @@ def test_the_reverse_direction_of_a_last_step_head_sees_one_step(client):
     assert all(v > 0 for v in forward["grad_norms"])
     assert reverse["grad_norms"][:-1] == [0.0] * (T - 1) and reverse["grad_norms"][-1] > 0
     assert reverse["first_to_last_ratio"] is None and reverse["horizon"] is None
+    assert (
+        "layers.0 (gru) layer 0 reverse: no gradient at its last step (t = 0)"
+        in (report["diagnosis"]["findings"])
+    )
 
 
 def test_an_lstm_keeps_its_gradient_through_200_steps_better_than_a_tanh_rnn(client):
@@ -321,3 +325,10 @@ def test_the_budget_counts_the_replay():
     matmuls = 2 * 8 * 100 * 4 * 64 * (32 + 64)  # one forward's
     assert 6 * matmuls <= estimate.flops <= 8 * matmuls
     assert estimate.parameters == sum(p.numel() for p in nn.LSTM(32, 64).parameters())
+
+
+def test_a_cached_model_measures_the_same_again(client):
+    request = body("lstm", {"num_layers": 2, "dropout": 0.5}, "last")
+    first, again = diagnose(client, request), diagnose(client, request)
+    assert first["through_time"] == again["through_time"]
+    assert first["parameters"] == again["parameters"]

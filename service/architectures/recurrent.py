@@ -59,7 +59,7 @@ class Recurrent(nn.RNNBase):
             return h
         return h, x.new_zeros(self.directions, x.shape[0], self.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         masks: list[torch.Tensor] = []
         if self.training and self.drop is not None:
             sequence = self._layer_by_layer(x, masks)
@@ -89,7 +89,7 @@ class Recurrent(nn.RNNBase):
         return layer_input.transpose(0, 1)
 
 
-class RNN(Recurrent, nn.RNN):
+class RNN(Recurrent, nn.RNN):  # type: ignore[misc]  # forward returns the output alone
     def __init__(self, spec: Any, input_size: int):
         nn.RNN.__init__(
             self, input_size, spec.hidden_size, num_layers=spec.num_layers,
@@ -99,7 +99,7 @@ class RNN(Recurrent, nn.RNN):
         self._extend(spec.output)
 
 
-class LSTM(Recurrent, nn.LSTM):
+class LSTM(Recurrent, nn.LSTM):  # type: ignore[misc]
     def __init__(self, spec: Any, input_size: int):
         nn.LSTM.__init__(
             self, input_size, spec.hidden_size, num_layers=spec.num_layers, bias=spec.bias,
@@ -109,7 +109,7 @@ class LSTM(Recurrent, nn.LSTM):
         self._extend(spec.output)
 
 
-class GRU(Recurrent, nn.GRU):
+class GRU(Recurrent, nn.GRU):  # type: ignore[misc]
     def __init__(self, spec: Any, input_size: int):
         nn.GRU.__init__(
             self, input_size, spec.hidden_size, num_layers=spec.num_layers, bias=spec.bias,
@@ -118,10 +118,10 @@ class GRU(Recurrent, nn.GRU):
         self._extend(spec.output)
 
 
-_CLASSES: dict[str, type[Recurrent]] = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+_CLASSES: dict[str, Callable[[Any, int], Recurrent]] = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
-# Elements saved for backward by one stacked layer, in the run's dtype (bytes / max(itemsize,
-# 4), as the budget counts them), beyond its input: measured in tests/test_estimates.py.
+# Elements saved for backward by one stacked layer, its input included, in the run's dtype
+# (bytes / max(itemsize, 4), as the budget counts them): measured in tests/test_estimates.py.
 # The CPU's float32/bfloat16 LSTM runs in oneDNN, whose byte workspace holds per (batch,
 # step + 1) about 12 elements per hidden unit and 6 per unit of the wider of input and output,
 # both padded to 16, and 32 KB more; the other paths keep a few tensors per hidden unit and step.
@@ -135,7 +135,7 @@ _REPLAY_PER_HIDDEN = {"rnn": 4, "lstm": 20, "gru": 14}
 def _saved(spec: Any, n: int, t: int, width: int, out_width: int) -> int:
     """What one stacked layer keeps for backward, its input included (each direction copies it
     to the (T, N, D) layout)."""
-    dirs, hidden = 2 if spec.bidirectional else 1, spec.hidden_size
+    dirs, hidden = (2 if spec.bidirectional else 1), int(spec.hidden_size)
     saved = dirs * n * t * width
     if spec.type == "lstm":
         padded, wider = max(hidden, _ONEDNN_PAD), max(width, out_width, _ONEDNN_PAD)

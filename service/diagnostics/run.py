@@ -215,9 +215,7 @@ def _diagnose(
             "verdict": worst([verdicts.verdict, *through_time.verdicts]),
             "metric": thresholds.metric,
             "first_to_last_ratio": verdicts.first_to_last,
-            "findings": verdicts.findings
-            + parameter_findings(parameters)
-            + through_time.findings,
+            "findings": verdicts.findings + parameter_findings(parameters) + through_time.findings,
         },
         "loss": loss_value,
         "output_shape": list(output.shape),

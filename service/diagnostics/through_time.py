@@ -25,10 +25,21 @@ from torch.nn import functional as F
 from service.architectures.recurrent import Recurrent
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import raise_if_cancelled
-from service.schemas.reports import ThroughTimeReport, ThroughTimeSeries, Verdict
+from service.schemas.reports import (
+    Direction,
+    RecurrentType,
+    ThroughTimeReport,
+    ThroughTimeSeries,
+    Verdict,
+)
 from service.schemas.requests import Thresholds
 
-_TYPES = {"RNN_TANH": "rnn", "RNN_RELU": "rnn", "LSTM": "lstm", "GRU": "gru"}
+_TYPES: dict[str, RecurrentType] = {
+    "RNN_TANH": "rnn",
+    "RNN_RELU": "rnn",
+    "LSTM": "lstm",
+    "GRU": "gru",
+}
 _CELLS: dict[str, Callable[..., Any]] = {
     "RNN_TANH": torch.rnn_tanh_cell,
     "RNN_RELU": torch.rnn_relu_cell,
@@ -50,7 +61,8 @@ class _Record:
     def probe(self, x: torch.Tensor, sequence: torch.Tensor, masks: list[torch.Tensor]) -> None:
         self.input, self.masks = x.detach(), [m.detach() for m in masks]
         if sequence.requires_grad:
-            sequence.register_hook(functools.partial(setattr, self, "grad"))
+            keep = functools.partial(setattr, self, "grad")
+            sequence.register_hook(keep)  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -92,14 +104,17 @@ class ThroughTime:
             if record.input is None or record.grad is None:
                 continue
             norms = replay(record.layer, record.input, record.masks, record.grad, self.check)
-            report, said = _judge(record, norms, thresholds)
+            report, said = _judge(record.name, record.layer, norms, thresholds)
             reports.append(report)
             findings.extend(said)
         return Measured(reports, findings)
 
 
 def _norm(g: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32))
+    norm: torch.Tensor = torch.linalg.vector_norm(
+        g, dtype=torch.promote_types(g.dtype, torch.float32)
+    )
+    return norm
 
 
 Cell = Callable[[torch.Tensor, Any], Any]  # (x_t, state) -> state; state is h or (h, c)
@@ -155,7 +170,8 @@ def replay(
                     check()
                     state = cell(layer_input[:, t], state)
                     hidden[t] = state[0] if isinstance(state, tuple) else state
-                    hidden[t].register_hook(functools.partial(_keep_norm, norms, t, check))
+                    keep = functools.partial(_keep_norm, norms, t, check)
+                    hidden[t].register_hook(keep)  # type: ignore[no-untyped-call]
                 outputs.append(torch.stack(hidden, 1))
                 series.append(norms)
             layer_input = torch.cat(outputs, 2) if len(outputs) > 1 else outputs[0]
@@ -180,17 +196,17 @@ def _finite(value: float) -> float | None:
 
 
 def _judge(
-    record: _Record, norms: list[list[torch.Tensor]], thresholds: Thresholds
+    name: str, layer: Recurrent, norms: list[list[torch.Tensor]], thresholds: Thresholds
 ) -> tuple[ThroughTimeReport, list[str]]:
-    layer, steps = record.layer, record.input.shape[1] if record.input is not None else 0
-    kind = _TYPES[layer.mode]
+    """Per series: the ratio and horizon from its last processed step back, and a verdict."""
+    kind, steps = _TYPES[layer.mode], len(norms[0])
     values = torch.stack([torch.stack(n) for n in norms]).tolist()  # one transfer
     series: list[ThroughTimeSeries] = []
     verdicts: list[Verdict] = []
     findings: list[str] = []
     for i, grad_norms in enumerate(values):
         stacked, reverse = divmod(i, layer.directions)
-        direction = "reverse" if reverse else "forward"
+        direction: Direction = "reverse" if reverse else "forward"
         processed = grad_norms[::-1] if reverse else grad_norms  # in the order of processing
         first, last = processed[0], processed[-1]
         ratio = first / last if last != 0 and math.isfinite(last) else None
@@ -199,20 +215,24 @@ def _judge(
             floor = thresholds.vanishing * last
             horizon = next((k for k, v in enumerate(reversed(processed)) if v < floor), steps)
         verdict: Verdict = "healthy"
-        where = f"{record.name} ({kind}) layer {stacked} {direction}"
+        where = f"{name} ({kind}) layer {stacked} {direction}"
         if not all(math.isfinite(v) for v in grad_norms):
             verdict = "non_finite"
             findings.append(f"{where}: NaN or infinite gradients through time")
         elif not any(grad_norms):
             verdict = "dead"
             findings.append(f"{where}: no gradient reaches its hidden states")
-        elif ratio is not None and ratio < thresholds.vanishing:
+        elif ratio is None:  # e.g. the reverse direction under a head on output[:, -1]
+            findings.append(
+                f"{where}: no gradient at its last step (t = {0 if reverse else steps - 1})"
+            )
+        elif ratio < thresholds.vanishing:
             verdict = "vanishing"
             findings.append(
                 f"{where}: ‖∂L/∂h‖ at its first step is {ratio:.3g}x its last step's (vanishing "
                 f"below {thresholds.vanishing:g}x); it stays above for {horizon} of {steps} steps"
             )
-        elif ratio is not None and ratio > thresholds.exploding:
+        elif ratio > thresholds.exploding:
             verdict = "exploding"
             findings.append(
                 f"{where}: ‖∂L/∂h‖ at its first step is {ratio:.3g}x its last step's "
@@ -231,11 +251,11 @@ def _judge(
     overall = worst(verdicts)
     if overall == "healthy":
         findings.append(
-            f"{record.name} ({kind}): the gradient through its {steps} steps stays within "
+            f"{name} ({kind}): the gradient through its {steps} steps stays within "
             f"[{thresholds.vanishing:g}, {thresholds.exploding:g}]x of its last step's"
         )
     report: ThroughTimeReport = {
-        "layer": record.name,
+        "layer": name,
         "type": kind,
         "steps": steps,
         "series": series,

@@ -181,7 +181,9 @@ class LSTMLayer(RecurrentFields):
     model_config = example({"type": "lstm", "hidden_size": 32, "output": "last"})
 
     type: Literal["lstm"]
-    proj_size: Annotated[int, Field(ge=0, le=2**24)] = 0
+    proj_size: Annotated[int, Field(ge=0, le=2**24)] = Field(
+        0, description="h_t = W_hr·(o_t ⊙ tanh(c_t)) of this size; 0: no projection"
+    )
 
 
 class GRULayer(RecurrentFields):

@@ -9,6 +9,8 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 Verdict = Literal["healthy", "vanishing", "exploding", "dead", "non_finite"]
 StatisticsPath = Literal["native", "tiled", "reference"]
+RecurrentType = Literal["rnn", "lstm", "gru"]
+Direction = Literal["forward", "reverse"]
 
 
 class Stats(TypedDict):
@@ -90,7 +92,7 @@ class Timing(TypedDict):
 
 class ThroughTimeSeries(TypedDict):
     layer: Annotated[int, Field(description="the stacked layer (the l of weight_ih_l{l})")]
-    direction: Literal["forward", "reverse"]
+    direction: Direction
     grad_norms: Annotated[
         list[float | None],
         Field(description="‖∂L/∂h_t‖₂ over batch and hidden units, t = 0..T-1: the total "
@@ -112,7 +114,7 @@ class ThroughTimeReport(TypedDict):
     """Gradient flow through time of one recurrent layer (an unrolled replay of it)."""
 
     layer: Annotated[str, Field(description="the module's name, e.g. layers.1")]
-    type: Literal["rnn", "lstm", "gru"]
+    type: RecurrentType
     steps: int
     series: list[ThroughTimeSeries]
     verdict: Verdict
