@@ -12,20 +12,24 @@ import torch
 from service.architectures.activations import ACTIVATIONS
 from service.architectures.modules import SeededDropout
 from service.architectures.registry import MODEL_KINDS
+from service.diagnostics.through_time import replay
 from service.schemas.models import GPTSpec, MLPSpec, ResNetSpec, SequentialSpec
 from tests.processes import ROOT
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
 
-def saved_elements(module: torch.nn.Module, inputs: torch.Tensor, with_input: bool = False) -> int:
+def saved_elements(
+    module: torch.nn.Module, inputs: torch.Tensor, with_input: bool = False, unit: int = 0
+) -> int:
     """Elements of the tensors the forward pass saves for backward, each storage once, the
-    parameters and (unless `with_input`) the input left out: they exist before the pass."""
+    parameters and (unless `with_input`) the input left out: they exist before the pass.
+    With a `unit`, bytes / unit instead of each tensor's own elements."""
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes() // t.element_size()
+        storages[storage.data_ptr()] = storage.nbytes() // (unit or t.element_size())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -40,6 +44,7 @@ def assert_estimate_bounds(
     spec: MLPSpec | SequentialSpec | GPTSpec | ResNetSpec,
     shape: tuple[int, ...],
     dtype: torch.dtype,
+    in_bytes: bool = False,
 ) -> None:
     kind = MODEL_KINDS[spec.kind]
     signature = kind.signature(spec, shape, ("body",))
@@ -52,7 +57,8 @@ def assert_estimate_bounds(
         inputs = torch.randint(0, signature.input_classes, shape)
     else:
         inputs = torch.randn(shape, dtype=dtype)
-    measured = saved_elements(module, inputs)
+    # In bytes, the budget counts an element as max(itemsize, 4) (plan.peak_bytes).
+    measured = saved_elements(module, inputs, unit=max(dtype.itemsize, 4) if in_bytes else 0)
     assert measured > 0
     assert signature.estimate.activation_elements >= measured, (
         signature.estimate.activation_elements,
@@ -241,6 +247,44 @@ def test_resnet_estimate_bounds_what_is_saved(name, dtype):
     assert_estimate_bounds(spec, (2, 3, 40, 24), dtype)
 
 
+BI = {"bidirectional": True}
+RECURRENT = {
+    "lstm": [{"type": "lstm", "hidden_size": 12, "num_layers": 2, **BI}],
+    "lstm_dropout": [{"type": "lstm", "hidden_size": 6, "num_layers": 3, "dropout": 0.2, **BI}],
+    "lstm_proj_last": [{"type": "lstm", "hidden_size": 6, "proj_size": 4, "output": "last"}],
+    "lstm_tiny": [{"type": "lstm", "hidden_size": 1}],
+    "gru": [{"type": "gru", "hidden_size": 9, "num_layers": 2, "dropout": 0.3, **BI}],
+    "rnn": [{"type": "rnn", "hidden_size": 7, "nonlinearity": "relu", "output": "last", **BI}],
+    "stack": [{"type": "gru", "hidden_size": 8}, {"type": "lstm", "hidden_size": 3}],
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 11, 5), (2, 3, 200)], ids=["narrow", "wide_input"])
+@pytest.mark.parametrize("name", RECURRENT)
+def test_recurrent_estimates_bound_the_saved_bytes(name, shape, dtype):
+    """In bytes: the CPU's LSTM (oneDNN) saves a workspace of bytes, one element each above."""
+    spec = SequentialSpec.model_validate({"kind": "sequential", "layers": RECURRENT[name]})
+    assert_estimate_bounds(spec, shape, dtype, in_bytes=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", RECURRENT)
+def test_the_through_time_replay_fits_the_workspace_estimate(name, dtype):
+    """What the replay saves for its backward, within the layer's workspace estimate."""
+    shape = (3, 11, 5)
+    spec = SequentialSpec.model_validate({"kind": "sequential", "layers": RECURRENT[name][:1]})
+    kind = MODEL_KINDS["sequential"]
+    signature = kind.signature(spec, shape, ("body",))
+    model = kind.build(spec, shape).to(dtype)
+    layer = model.layers[0]
+    width = layer.directions * (layer.proj_size or layer.hidden_size)
+    sequence = torch.randn(3, 11, width, dtype=dtype)
+    model.forward = lambda x: replay(layer, x, [], sequence)  # its parameters are left out
+    measured = saved_elements(model, torch.randn(shape, dtype=dtype), unit=max(dtype.itemsize, 4))
+    assert 0 < measured <= signature.estimate.workspace_elements
+
+
 def _measured_peak(body: dict) -> dict:
     command = [sys.executable, "-m", "tests.peak_memory", json.dumps(body)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -303,10 +347,6 @@ MEMORY_CASES = {
     # Variants run one at a time: four of them peak as one does.
     "compare_of_4": {"base": WIDE, "variants": {f"v{i}": {"seed": i} for i in range(4)}},
     "gpt_logits": GPT_WIDE_VOCABULARY,
-    # A cold process's RSS exceeds the live tensors by 20-30 % here (glibc keeps the heap
-    # between convolutions): the case that sets the headroom.
-    "resnet18": {"model": {"kind": "resnet", "preset": "resnet18", "num_classes": 10},
-                 "input": {"shape": [32, 3, 64, 64], "distribution": "normal"}, "loss": "sum"},
     "conv_im2col": CONV7,
     "conv_grouped": CONV_GROUPED,
     "conv_dilated_reflect": CONV_DILATED,

@@ -77,6 +77,14 @@ def _deterministic(module: nn.Module, generator: torch.Generator, check: Check) 
     module.reset_parameters()  # type: ignore[operator]
 
 
+def _recurrent(module: nn.Module, generator: torch.Generator, check: Check) -> None:
+    # RNNBase.reset_parameters: uniform(-1/√hidden, 1/√hidden) over its parameters in order.
+    assert isinstance(module, nn.RNNBase)
+    stdv = 1.0 / math.sqrt(module.hidden_size) if module.hidden_size > 0 else 0
+    for weight in module.parameters():
+        _chunked(weight, lambda t: t.uniform_(-stdv, stdv, generator=generator), check)
+
+
 Initialiser = Callable[[nn.Module, torch.Generator, Check], None]
 _INITIALISERS: dict[type[nn.Module], Initialiser] = {
     nn.Linear: _linear_like,
@@ -119,6 +127,8 @@ def initialise(
             sub.reset_seeded(generator)
         elif type(sub) in _INITIALISERS:
             _INITIALISERS[type(sub)](sub, generator, check)
+        elif isinstance(sub, nn.RNNBase):  # nn.RNN/LSTM/GRU and ours, which subclass them
+            _recurrent(sub, generator, check)
         elif _owns_state(sub):
             raise TypeError(f"no seeded initialiser for {type(sub).__name__}")
         if on_initialised is not None:

@@ -24,6 +24,7 @@ from service.architectures.modules import (
     SeededDropout,
     TransformerBlock,
 )
+from service.architectures.recurrent import recurrent_build, recurrent_infer
 from service.architectures.sequence_layers import SEQUENCE_LAYERS, TorchAttention
 from service.architectures.shape_layers import SHAPE_LAYERS
 from service.architectures.spatial import SPATIAL_LAYERS
@@ -226,6 +227,7 @@ LAYER_TYPES: dict[str, LayerType] = {
     **SPATIAL_LAYERS,
     **SHAPE_LAYERS,
     **SEQUENCE_LAYERS,
+    **{name: LayerType(recurrent_infer, recurrent_build) for name in ("rnn", "lstm", "gru")},
 }
 
 

@@ -62,6 +62,7 @@ _TAKES = {
     "attention": "(batch, tokens, features)",
     "transformer_block": "(batch, tokens, features)",
     "positional_embedding": "(batch, tokens, features)",
+    **dict.fromkeys(("rnn", "lstm", "gru"), "(batch, time steps, features)"),
 }
 
 

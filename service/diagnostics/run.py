@@ -27,6 +27,7 @@ from service.diagnostics.report import (
 )
 from service.diagnostics.stats import Statistics
 from service.diagnostics.tensors import DTYPES
+from service.diagnostics.through_time import ThroughTime, worst
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch, raise_if_cancelled
 from service.schemas.losses import CrossEntropyLoss
@@ -95,13 +96,16 @@ class _Clock:
     def timing(self, started: float) -> Timing:
         laps = self.laps
         total = round((time.perf_counter() - started) * 1000, 4)
-        return Timing(
+        timing = Timing(
             build=laps["build"],
             forward=laps["forward"],
             backward=laps["backward"],
             statistics=laps["statistics"],
             total=total,
         )
+        if "through_time" in laps:
+            timing["through_time"] = laps["through_time"]
+        return timing
 
 
 def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -163,7 +167,8 @@ def _diagnose(
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
     model.capture.start(cancel, plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS)
-    with _refusals_as_problems(plan.loc):
+    through = ThroughTime(module, cancel)  # recurrent layers record what their replay needs
+    with _refusals_as_problems(plan.loc), through.recording():
         output = module(inputs)
         loss = LOSSES[request.loss.name].function(
             output, target, request.loss, plan.model.class_dim
@@ -174,6 +179,9 @@ def _diagnose(
         torch.autograd.backward(loss)
         raise_if_cancelled(cancel)
         clock.lap("backward")
+    through_time = through.measure(request.thresholds)
+    if through_time.reports:
+        clock.lap("through_time")
 
     outputs = model.capture.outputs
     param_grads = [p.grad for _, p in named]
@@ -220,12 +228,12 @@ def _diagnose(
         }
         for i, ((name, _), out) in enumerate(zip(layers, outputs, strict=True))
     ]
-    return {
+    report: DiagnosticsReport = {
         "diagnosis": {
-            "verdict": verdicts.verdict,
+            "verdict": worst([verdicts.verdict, *through_time.verdicts]),
             "metric": thresholds.metric,
             "first_to_last_ratio": verdicts.first_to_last,
-            "findings": verdicts.findings + parameter_findings(parameters),
+            "findings": verdicts.findings + parameter_findings(parameters) + through_time.findings,
         },
         "loss": loss_value,
         "output_shape": list(output.shape),
@@ -245,3 +253,6 @@ def _diagnose(
         },
         "timing_ms": clock.timing(started),
     }
+    if through_time.reports:
+        report["through_time"] = through_time.reports
+    return report

@@ -391,6 +391,50 @@ class PositionalEmbeddingLayer(StrictModel):
     max_length: Size
 
 
+class RecurrentFields(StrictModel):
+    """What nn.RNN, nn.LSTM and nn.GRU share; the input is (N, T, D), batch first."""
+
+    hidden_size: Size
+    num_layers: Annotated[int, Field(ge=1, le=64)] = 1
+    bias: bool = True
+    bidirectional: bool = False
+    dropout: Probability = Field(
+        0.0, description="between stacked layers in train mode (needs num_layers ≥ 2)"
+    )
+    output: Literal["sequence", "last"] = Field(
+        "sequence",
+        description="sequence: the (N, T, dirs·H) output; last: output[:, -1] (many-to-one)",
+    )
+
+
+class RNNLayer(RecurrentFields):
+    """nn.RNN(batch_first=True) on (N, T, D), zero initial state; input_size inferred."""
+
+    model_config = example({"type": "rnn", "hidden_size": 32, "output": "last"})
+
+    type: Literal["rnn"]
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+
+
+class LSTMLayer(RecurrentFields):
+    """nn.LSTM(batch_first=True) on (N, T, D), zero initial state; input_size inferred."""
+
+    model_config = example({"type": "lstm", "hidden_size": 32, "output": "last"})
+
+    type: Literal["lstm"]
+    proj_size: Annotated[int, Field(ge=0, le=2**24)] = Field(
+        0, description="h_t = W_hr·(o_t ⊙ tanh(c_t)) of this size; 0: no projection"
+    )
+
+
+class GRULayer(RecurrentFields):
+    """nn.GRU(batch_first=True) on (N, T, D), zero initial state; input_size inferred."""
+
+    model_config = example({"type": "gru", "hidden_size": 32, "output": "last"})
+
+    type: Literal["gru"]
+
+
 class ResidualLayer(StrictModel):
     """`body(x) + shortcut` (merge add) or torch.cat([body(x), x], dim=1) (merge concat)."""
 
@@ -448,6 +492,9 @@ LayerSpec = Annotated[
         TransposeLayer,
         UnflattenLayer,
         PositionalEmbeddingLayer,
+        RNNLayer,
+        LSTMLayer,
+        GRULayer,
         ResidualLayer,
     ],
     Field(discriminator="type"),

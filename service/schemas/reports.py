@@ -2,7 +2,7 @@
 and the OpenAPI document describes them. Statistics that are NaN or infinite are `null`;
 counts say why."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
@@ -11,6 +11,8 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 # activation, flatten or dropout before the first layer with parameters).
 Verdict = Literal["healthy", "vanishing", "exploding", "dead", "non_finite", "not_measured"]
 StatisticsPath = Literal["native", "tiled", "reference"]
+RecurrentType = Literal["rnn", "lstm", "gru"]
+Direction = Literal["forward", "reverse"]
 
 
 class Stats(TypedDict):
@@ -92,7 +94,38 @@ class Timing(TypedDict):
     forward: float
     backward: float
     statistics: float
+    through_time: NotRequired[float]
     total: float
+
+
+class ThroughTimeSeries(TypedDict):
+    layer: Annotated[int, Field(description="the stacked layer (the l of weight_ih_l{l})")]
+    direction: Direction
+    grad_norms: Annotated[
+        list[float | None],
+        Field(description="‖∂L/∂h_t‖₂ over batch and hidden units, t = 0..T-1: the total "
+              "derivative, through later steps and layers"),
+    ]  # fmt: skip
+    first_to_last_ratio: Annotated[
+        float | None,
+        Field(description="the norm at the first processed step over the last's (the reverse "
+              "direction processes t = T-1 first)"),
+    ]  # fmt: skip
+    horizon: Annotated[
+        int | None,
+        Field(description="steps, counted back from the last processed one, before the norm "
+              "first falls below thresholds.vanishing × the last step's"),
+    ]  # fmt: skip
+
+
+class ThroughTimeReport(TypedDict):
+    """Gradient flow through time of one recurrent layer (an unrolled replay of it)."""
+
+    layer: Annotated[str, Field(description="the module's name, e.g. layers.1")]
+    type: RecurrentType
+    steps: int
+    series: list[ThroughTimeSeries]
+    verdict: Verdict
 
 
 class DiagnosticsReport(TypedDict):
@@ -105,6 +138,12 @@ class DiagnosticsReport(TypedDict):
     parameters: list[ParameterReport]
     provenance: Provenance
     timing_ms: Timing
+    through_time: NotRequired[
+        Annotated[
+            list[ThroughTimeReport],
+            Field(description="per recurrent layer, only for models that have them"),
+        ]
+    ]
 
 
 class LayerSummary(TypedDict):
