@@ -218,7 +218,12 @@ class ClientClosed(GradiagError):
 
 
 # The discriminators of the request's unions, and what their values are called.
-_TAG_FIELDS = {"kind": "model kind", "type": "layer type", "distribution": "distribution"}
+_TAG_FIELDS = {
+    "kind": "model kind",
+    "type": "layer type",
+    "distribution": "distribution",
+    "scheme": "init scheme",
+}
 _PAYLOAD_TAGS = {"values": list, "generator": dict}
 
 

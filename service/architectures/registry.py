@@ -5,6 +5,7 @@ from service.architectures.gpt import GPT_KIND
 from service.architectures.layers import LAYER_TYPES
 from service.architectures.mlp import MLP_KIND
 from service.architectures.sequential import SEQUENTIAL_KIND
+from service.schemas.init import SCHEME_NAMES
 from service.schemas.tensors import DISTRIBUTIONS
 
 MODEL_KINDS: dict[str, ModelKind] = {
@@ -18,4 +19,5 @@ TAG_VALUES: dict[str, tuple[str, ...]] = {
     "kind": tuple(MODEL_KINDS),
     "type": tuple(LAYER_TYPES),
     "distribution": DISTRIBUTIONS,
+    "scheme": SCHEME_NAMES,
 }

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from service.architectures.activations import ACTIVATIONS
 from service.schemas.common import StrictModel, example
+from service.schemas.init import WeightedLayer
 
 Size = Annotated[int, Field(ge=1, le=2**24)]
 Probability = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
@@ -18,7 +19,7 @@ Kernel = Annotated[int, Field(ge=1, le=4096)]
 Padding = Annotated[int, Field(ge=0, le=4096)]
 
 
-class LinearLayer(StrictModel):
+class LinearLayer(WeightedLayer):
     """nn.Linear(in_features inferred, out_features, bias)."""
 
     model_config = example({"type": "linear", "out_features": 64})
@@ -36,7 +37,7 @@ class ActivationLayer(StrictModel):
     type: Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 
 
-class LayerNormLayer(StrictModel):
+class LayerNormLayer(WeightedLayer):
     """nn.LayerNorm over the last dimension."""
 
     model_config = example({"type": "layer_norm"})
@@ -46,7 +47,7 @@ class LayerNormLayer(StrictModel):
     elementwise_affine: bool = True
 
 
-class RMSNormLayer(StrictModel):
+class RMSNormLayer(WeightedLayer):
     """nn.RMSNorm over the last dimension."""
 
     model_config = example({"type": "rms_norm"})
@@ -56,7 +57,7 @@ class RMSNormLayer(StrictModel):
     elementwise_affine: bool = True
 
 
-class BatchNormLayer(StrictModel):
+class BatchNormLayer(WeightedLayer):
     """nn.BatchNorm1d for (N, C) or (N, C, L) inputs, nn.BatchNorm2d for (N, C, H, W)."""
 
     model_config = example({"type": "batch_norm"})
@@ -86,7 +87,7 @@ class FlattenLayer(StrictModel):
     end_dim: Annotated[int, Field(ge=-8, le=8)] = -1
 
 
-class ConvLayer(StrictModel):
+class ConvLayer(WeightedLayer):
     """nn.Conv1d on (N, C, L) / nn.Conv2d on (N, C, H, W); in_channels inferred."""
 
     model_config = example({"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1})
@@ -110,7 +111,7 @@ class PoolLayer(StrictModel):
     padding: Padding = 0
 
 
-class EmbeddingLayer(StrictModel):
+class EmbeddingLayer(WeightedLayer):
     """nn.Embedding(num_embeddings, embedding_dim): the first layer, on integer token ids."""
 
     model_config = example({"type": "embedding", "num_embeddings": 50257, "embedding_dim": 768})
@@ -120,7 +121,7 @@ class EmbeddingLayer(StrictModel):
     embedding_dim: Size
 
 
-class AttentionLayer(StrictModel):
+class AttentionLayer(WeightedLayer):
     """Multi-head self-attention on (N, T, D), the course's MultiHeadAttention:
     W_query, W_key, W_value (bias = qkv_bias), softmax(QKᵀ/√head_dim), dropout on the
     weights, out_proj."""
@@ -134,7 +135,7 @@ class AttentionLayer(StrictModel):
     dropout: Probability = 0.0
 
 
-class TransformerBlockLayer(StrictModel):
+class TransformerBlockLayer(WeightedLayer):
     """The course's TransformerBlock on (N, T, D): att, ff (Linear(D, ff_mult·D), tanh GELU,
     Linear), norm1, norm2 (LayerNorm with scale/shift), dropout on each branch."""
 
@@ -150,7 +151,7 @@ class TransformerBlockLayer(StrictModel):
     causal: bool = True
 
 
-class ResidualLayer(StrictModel):
+class ResidualLayer(WeightedLayer):
     """`body(x) + x`; when the body changes the shape, `projection: true` adds a Linear (or a
     1x1 conv for (N, C, ...) inputs) on the shortcut, otherwise the spec is refused."""
 
