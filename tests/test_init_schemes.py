@@ -412,6 +412,10 @@ ERRORS = {
         _linear_init({"weight": {"scheme": "normal", "gain": 2.0}}),
         [*INIT, "weight", "gain"],
     ),
+    "negative_gain": (
+        _linear_init({"weight": {"scheme": "xavier_normal", "gain": -1.0}}),
+        [*INIT, "weight", "gain"],
+    ),
     "bad_mode": (_linear_init({"weight": KAIMING_FAN_AVG}), [*INIT, "weight", "mode"]),
     "constant_needs_val": (_linear_init({"weight": "constant"}), [*INIT, "weight"]),
     "trunc_normal_far_tail": (_linear_init({"weight": FAR_TAIL}), [*INIT, "weight"]),

@@ -17,7 +17,7 @@ Value = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
 Spread = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 Gain = Annotated[
     float,
-    Field(ge=-1e6, le=1e6, allow_inf_nan=False, description="scales the drawn values"),
+    Field(ge=0, le=1e6, allow_inf_nan=False, description="scales the drawn values"),
 ]
 Nonlinearity = Literal[
     "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
