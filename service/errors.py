@@ -223,6 +223,7 @@ _TAG_FIELDS = {
     "type": "layer type",
     "distribution": "distribution",
     "name": "loss",
+    "scheme": "init scheme",
 }
 _PAYLOAD_TAGS = {"values": list, "generator": dict}
 

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service import logs
+from service.architectures.init_schemes import has_layer_init
 from service.architectures.registry import TAG_VALUES
 from service.config import Settings
 from service.diagnostics.compare import merge_patch
@@ -173,9 +174,11 @@ class RunService:
     ) -> tuple[Job, bool]:
         """Check, admit and start a job; (the job, whether the key replayed an existing one).
         A `large` job (a big body, or several runs) is checked on a thread: pure Python over
-        many numbers, during which the event loop keeps answering. Past `deadline` (a
-        `time.monotonic()`) once checked, nothing is started: 504."""
-        if large or not isinstance(job.request, DiagnosticsRequest):
+        many numbers, during which the event loop keeps answering; so is a model whose
+        layers have an `init` of their own, checked against a meta build of the model.
+        Past `deadline` (a `time.monotonic()`) once checked, nothing is started: 504."""
+        request = job.request
+        if large or not isinstance(request, DiagnosticsRequest) or has_layer_init(request.model):
             spec = await asyncio.to_thread(self.check_job, job, owner, root)
         else:
             spec = self.check_job(job, owner, root)

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from service.architectures.init_schemes import InitUnit, no_units
 from service.errors import Loc
 
 Shape = tuple[int, ...]
@@ -70,3 +71,5 @@ class ModelKind:
     layers: Callable[[nn.Module], Sequence[tuple[str, nn.Module]]]
     # whether the module depends on the input's non-batch dimensions (inferred sizes)
     build_uses_input_shape: bool = False
+    # (spec, module) -> its layers in spec order, for `init` (architectures/init_schemes.py)
+    init_units: Callable[[Any, nn.Module], Sequence[InitUnit]] = no_units

@@ -3,6 +3,7 @@
 from torch import nn
 
 from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
+from service.architectures.init_schemes import InitUnit
 from service.architectures.layers import attention_estimate
 from service.architectures.modules import GPTModel
 from service.errors import Loc, ShapeMismatch
@@ -54,4 +55,12 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"trf_blocks.{i}", block) for i, block in enumerate(module.trf_blocks)]
 
 
-GPT_KIND = ModelKind(signature=signature, build=build, layers=layers)
+def init_units(spec: GPTSpec, module: nn.Module) -> list[InitUnit]:
+    """tok_emb, pos_emb, each block as a whole (weights, then biases), final_norm, out_head:
+    the model's `init` only."""
+    assert isinstance(module, GPTModel)
+    parts = [module.tok_emb, module.pos_emb, *module.trf_blocks, module.final_norm, module.out_head]
+    return [InitUnit((), part) for part in parts]
+
+
+GPT_KIND = ModelKind(signature=signature, build=build, layers=layers, init_units=init_units)

@@ -9,6 +9,7 @@ from torch import nn
 
 from service.architectures.activations import ACTIVATIONS, make_activation
 from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
+from service.architectures.init_schemes import InitUnit
 from service.errors import Loc, ShapeMismatch
 from service.schemas.models import MLPSpec
 
@@ -72,4 +73,9 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"layers.{i}", layer) for i, layer in enumerate(module.layers)]
 
 
-MLP_KIND = ModelKind(signature=signature, build=build, layers=layers)
+def init_units(spec: MLPSpec, module: nn.Module) -> list[InitUnit]:
+    """Each block's linear: the model's `init` only."""
+    return [InitUnit(("layers", i), block) for i, (_, block) in enumerate(layers(module))]
+
+
+MLP_KIND = ModelKind(signature=signature, build=build, layers=layers, init_units=init_units)

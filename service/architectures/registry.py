@@ -7,6 +7,7 @@ from service.architectures.mlp import MLP_KIND
 from service.architectures.resnet import RESNET_KIND
 from service.architectures.sequential import SEQUENTIAL_KIND
 from service.diagnostics.losses import LOSSES
+from service.schemas.init import SCHEME_NAMES
 from service.schemas.tensors import DISTRIBUTIONS
 
 MODEL_KINDS: dict[str, ModelKind] = {
@@ -22,4 +23,5 @@ TAG_VALUES: dict[str, tuple[str, ...]] = {
     "type": tuple(LAYER_TYPES),
     "distribution": DISTRIBUTIONS,
     "name": tuple(LOSSES),
+    "scheme": SCHEME_NAMES,
 }

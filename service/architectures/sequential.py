@@ -1,12 +1,14 @@
 """The `sequential` kind: a list of typed layers, shapes inferred from the input."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import nn
 
 from service.architectures.base import ModelKind, ModelSignature, Shape
+from service.architectures.init_schemes import InitUnit
 from service.architectures.layers import build_layers, infer_layers
+from service.architectures.modules import Residual
 from service.errors import Loc, ShapeMismatch
 from service.schemas.layers import EmbeddingLayer
 from service.schemas.models import SequentialSpec
@@ -108,6 +110,28 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(f"layers.{i}", layer) for i, layer in enumerate(module.layers)]
 
 
+def _units(specs: Sequence[Any], modules: Sequence[nn.Module], loc: Loc) -> Iterator[InitUnit]:
+    """Depth first, in registration order: a residual's body, then its projection."""
+    for index, (spec, module) in enumerate(zip(specs, modules, strict=True)):
+        here, what = (*loc, index), f"layer {index} ({spec.type})"
+        if spec.type == "residual":
+            assert isinstance(module, Residual)
+            yield from _units(spec.body, list(module.body), (*here, "body"))
+            own = f"{what}'s projection" if module.projection else f"{what} without projection"
+            yield InitUnit(here, module.projection, spec.init, own)
+        else:
+            yield InitUnit(here, module, getattr(spec, "init", None), what)
+
+
+def init_units(spec: SequentialSpec, module: nn.Module) -> list[InitUnit]:
+    assert isinstance(module, SequentialModel)
+    return list(_units(spec.layers, list(module.layers), ("layers",)))
+
+
 SEQUENTIAL_KIND = ModelKind(
-    signature=signature, build=build, layers=layers, build_uses_input_shape=True
+    signature=signature,
+    build=build,
+    layers=layers,
+    build_uses_input_shape=True,
+    init_units=init_units,
 )

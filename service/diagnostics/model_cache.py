@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.architectures.init import build_seeded, build_uninitialised, initialise
+from service.architectures.init import build_uninitialised, initialise
+from service.architectures.init_schemes import apply_draws, init_draws
 from service.architectures.modules import SeededDropout
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.stats import Statistics
@@ -189,18 +190,22 @@ def _drawn(
 
     Drawing is sequential (one generator) and leaves a core idle; hashing and the kernel's
     serial calls release the GIL, so the hash and value statistics are ready about when the
-    last weight is. A dtype cast changes the values afterwards: then the cast module is
-    hashed and summarised after construction. Cancelled between draws and hashed chunks.
+    last weight is. A dtype cast, or a request's `init` redrawing after the defaults, changes
+    the values afterwards: then the module is hashed and summarised once it is final.
+    Cancelled between draws and hashed chunks.
     """
     factory = lambda: plan.kind.build(plan.request.model, plan.input_shape)  # noqa: E731
     dtype = DTYPES[plan.dtype]
-    if dtype != torch.float32:
-        module, generator = build_seeded(factory, plan.request.seed, cancel=cancel)
+    module = build_uninitialised(factory)
+    draws = init_draws(plan.kind, plan.request.model, module)
+    if dtype != torch.float32 or draws:
+        generator = torch.Generator().manual_seed(plan.request.seed)
+        initialise(module, generator, cancel=cancel)
+        apply_draws(draws, generator, cancel)
         raise_if_cancelled(cancel)
         module = module.to(dtype=dtype)
         values = statistics.summarise(list(module.parameters())).stats
         return module, generator, hash_parameters(module, cancel), values
-    module = build_uninitialised(factory)
     named = list(module.named_parameters())
     names = {id(p): name for name, p in named}
     digest, drawn, rows = ParameterDigest(), [], {}

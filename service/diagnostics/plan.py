@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.architectures.base import ModelKind, ModelSignature, Shape
+from service.architectures.init_schemes import check_layer_inits
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
 from service.diagnostics.losses import LOSSES, class_axis
@@ -150,6 +151,7 @@ def plan_run(
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
     model = kind.signature(request.model, input_shape, loc)
+    check_layer_inits(kind, request.model, input_shape, loc)
     target_shape, target_integers = _target(request, model, loc)
     _check_generated_ids(request.input, model.input_classes, (*loc, "input"), "token id")
     if target_integers:

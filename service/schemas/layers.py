@@ -11,6 +11,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator, mod
 
 from service.architectures.activations import ACTIVATIONS
 from service.schemas.common import StrictModel, example
+from service.schemas.init import WeightedLayer
 
 Size = Annotated[int, Field(ge=1, le=2**24)]
 Probability = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
@@ -36,7 +37,7 @@ Sizes = Annotated[
 ]
 
 
-class LinearLayer(StrictModel):
+class LinearLayer(WeightedLayer):
     """nn.Linear(in_features inferred, out_features, bias)."""
 
     model_config = example({"type": "linear", "out_features": 64})
@@ -91,7 +92,7 @@ class ActivationLayer(StrictModel):
     type: Literal[_WITHOUT_OPTIONS]  # type: ignore[valid-type]
 
 
-class LayerNormLayer(StrictModel):
+class LayerNormLayer(WeightedLayer):
     """nn.LayerNorm over the last dimension."""
 
     model_config = example({"type": "layer_norm"})
@@ -101,7 +102,7 @@ class LayerNormLayer(StrictModel):
     elementwise_affine: bool = True
 
 
-class RMSNormLayer(StrictModel):
+class RMSNormLayer(WeightedLayer):
     """nn.RMSNorm over the last dimension."""
 
     model_config = example({"type": "rms_norm"})
@@ -111,7 +112,7 @@ class RMSNormLayer(StrictModel):
     elementwise_affine: bool = True
 
 
-class BatchNormLayer(StrictModel):
+class BatchNormLayer(WeightedLayer):
     """nn.BatchNorm1d for (N, C) or (N, C, L) inputs, nn.BatchNorm2d for (N, C, H, W)."""
 
     model_config = example({"type": "batch_norm"})
@@ -141,7 +142,7 @@ class FlattenLayer(StrictModel):
     end_dim: Annotated[int, Field(ge=-8, le=8)] = -1
 
 
-class GroupNormLayer(StrictModel):
+class GroupNormLayer(WeightedLayer):
     """nn.GroupNorm(num_groups, num_channels inferred from dim 1) on (N, C, ...)."""
 
     model_config = example({"type": "group_norm", "num_groups": 4})
@@ -152,7 +153,7 @@ class GroupNormLayer(StrictModel):
     affine: bool = True
 
 
-class InstanceNormLayer(StrictModel):
+class InstanceNormLayer(WeightedLayer):
     """nn.InstanceNorm1d for (N, C, L) inputs, nn.InstanceNorm2d for (N, C, H, W)."""
 
     model_config = example({"type": "instance_norm"})
@@ -174,7 +175,7 @@ class ChannelDropoutLayer(StrictModel):
     p: Probability = 0.5
 
 
-class ConvLayer(StrictModel):
+class ConvLayer(WeightedLayer):
     """nn.Conv1d on (N, C, L) / nn.Conv2d on (N, C, H, W); in_channels inferred."""
 
     model_config = example({"type": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1})
@@ -201,7 +202,7 @@ class ConvLayer(StrictModel):
         return self
 
 
-class ConvTransposeLayer(StrictModel):
+class ConvTransposeLayer(WeightedLayer):
     """nn.ConvTranspose1d on (N, C, L) / nn.ConvTranspose2d on (N, C, H, W); in_channels
     inferred."""
 
@@ -268,7 +269,7 @@ class GlobalPoolLayer(StrictModel):
     type: Literal["global_avg_pool", "global_max_pool"]
 
 
-class EmbeddingLayer(StrictModel):
+class EmbeddingLayer(WeightedLayer):
     """nn.Embedding(num_embeddings, embedding_dim, padding_idx): the first layer, on integer
     token ids."""
 
@@ -292,7 +293,7 @@ class EmbeddingLayer(StrictModel):
         return value
 
 
-class AttentionLayer(StrictModel):
+class AttentionLayer(WeightedLayer):
     """Multi-head self-attention on (N, T, D), the course's MultiHeadAttention:
     W_query, W_key, W_value (bias = qkv_bias), softmax(QKᵀ/√head_dim), dropout on the
     weights, out_proj; or, with `layout: torch`, nn.MultiheadAttention."""
@@ -326,7 +327,7 @@ class AttentionLayer(StrictModel):
         return self
 
 
-class TransformerBlockLayer(StrictModel):
+class TransformerBlockLayer(WeightedLayer):
     """The course's TransformerBlock on (N, T, D): att, ff (Linear(D, ff_mult·D), tanh GELU,
     Linear), norm1, norm2 (LayerNorm with scale/shift), dropout on each branch."""
 
@@ -381,7 +382,7 @@ class UnflattenLayer(StrictModel):
     sizes: Sizes
 
 
-class PositionalEmbeddingLayer(StrictModel):
+class PositionalEmbeddingLayer(WeightedLayer):
     """x + weight[arange(T)] on (N, T, D): a learned position table `weight` of shape
     (max_length, D), nn.Embedding(max_length, D) on the positions (the course's pos_emb)."""
 
@@ -391,7 +392,7 @@ class PositionalEmbeddingLayer(StrictModel):
     max_length: Size
 
 
-class RecurrentFields(StrictModel):
+class RecurrentFields(WeightedLayer):
     """What nn.RNN, nn.LSTM and nn.GRU share; the input is (N, T, D), batch first."""
 
     hidden_size: Size
@@ -435,7 +436,7 @@ class GRULayer(RecurrentFields):
     type: Literal["gru"]
 
 
-class ResidualLayer(StrictModel):
+class ResidualLayer(WeightedLayer):
     """`body(x) + shortcut` (merge add) or torch.cat([body(x), x], dim=1) (merge concat)."""
 
     model_config = example(

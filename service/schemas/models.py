@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from service.architectures.activations import ACTIVATIONS
 from service.schemas.common import Size, StrictModel, example
+from service.schemas.init import MODEL_INIT, Init
 from service.schemas.layers import LayerSpec
 
 if TYPE_CHECKING:  # the names are known at run time only, from the registry
@@ -31,6 +32,7 @@ class MLPSpec(StrictModel):
     activation: ActivationName = "gelu_tanh"
     shortcut: bool = Field(False, description="x = x + layer(x) where the shapes match")
     bias: bool = True
+    init: Init | None = Field(None, description=MODEL_INIT)
 
 
 _CNN = [
@@ -50,6 +52,7 @@ class SequentialSpec(StrictModel):
 
     kind: Literal["sequential"]
     layers: list[LayerSpec] = Field(min_length=1, max_length=4096, examples=[_CNN])
+    init: Init | None = Field(None, description=MODEL_INIT)
 
 
 GPT_PRESETS: dict[str, dict[str, Any]] = {
@@ -91,6 +94,11 @@ class GPTSpec(StrictModel):
     shortcut: bool = Field(True, description="the blocks' shortcut connections")
     norm: Literal["pre", "post", "none"] = Field(
         "pre", description="LayerNorm before each branch (course), after the sum, or none"
+    )
+    init: Init | None = Field(
+        None,
+        description="the init of tok_emb, pos_emb, each block (its linears' weights, then "
+        "their biases; its LayerNorms keep ones and zeros) and out_head, in that order",
     )
 
     @model_validator(mode="after")

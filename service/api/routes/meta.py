@@ -17,6 +17,7 @@ from service.diagnostics.losses import LOSSES
 from service.diagnostics.tensors import DTYPES
 from service.diagnostics.verdicts import SEVERITY
 from service.errors import NotReady
+from service.schemas.init import WEIGHT_SCHEMES, scheme_name
 from service.schemas.layers import LAYER_SPECS
 from service.schemas.models import GPT_PRESETS, MODEL_SPECS, RESNET_PRESETS
 from service.schemas.reports import Stats
@@ -30,6 +31,7 @@ _SPEC_MODELS = {get_args(spec.model_fields["kind"].annotation)[0]: spec for spec
 _MODEL_SCHEMAS = {kind: _SPEC_MODELS[kind].model_json_schema() for kind in MODEL_KINDS}
 _GENERATOR_SCHEMA = TypeAdapter(TensorGenerator).json_schema()
 _LOSS_SCHEMAS = {name: loss.options.model_json_schema() for name, loss in LOSSES.items()}
+_INIT_SCHEMES = {scheme_name(scheme): scheme.model_json_schema() for scheme in WEIGHT_SCHEMES}
 
 
 def _layer_types() -> dict[str, dict[str, Any]]:
@@ -65,6 +67,11 @@ class Capabilities(BaseModel):
     )
     dtypes: list[str]
     tensor_generators: dict[str, Any]
+    init_schemes: dict[str, dict[str, Any]] = Field(
+        description="the `torch.nn.init` schemes an `init` names, with the JSON schema of "
+        "their parameters; a bias takes those that need no fans (not xavier, kaiming, "
+        "orthogonal)"
+    )
     statistics: list[str]
     verdicts: list[str]
     default_thresholds: Thresholds
@@ -113,8 +120,8 @@ class Readiness(BaseModel):
 async def get_capabilities(runs: RunServiceDep) -> Capabilities:
     """Everything a client needs to build a valid request: model kinds and layer types with
     their JSON schemas, GPT and ResNet presets, activations, losses with their options'
-    schemas, dtypes, tensor generators, the statistics and verdicts reported, the devices a
-    request may name, and the limits it must fit."""
+    schemas, dtypes, tensor generators, init schemes, the statistics and verdicts reported,
+    the devices a request may name, and the limits it must fit."""
     settings = runs.settings
     return Capabilities(
         service_version=service.__version__,
@@ -127,6 +134,7 @@ async def get_capabilities(runs: RunServiceDep) -> Capabilities:
         loss_options=_LOSS_SCHEMAS,
         dtypes=list(DTYPES),
         tensor_generators={"schema": _GENERATOR_SCHEMA},
+        init_schemes=_INIT_SCHEMES,
         statistics=list(Stats.__annotations__),
         verdicts=list(SEVERITY),
         default_thresholds=Thresholds(),
