@@ -2,10 +2,13 @@
 and the OpenAPI document describes them. Statistics that are NaN or infinite are `null`;
 counts say why."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
+
+from service.schemas.curvature import CurvatureReport
+from service.schemas.precision import PrecisionReport
 
 Verdict = Literal["healthy", "vanishing", "exploding", "dead", "non_finite"]
 StatisticsPath = Literal["native", "tiled", "reference"]
@@ -43,7 +46,11 @@ class LayerReport(TypedDict):
     output: Stats | None
     output_grad: Annotated[Stats | None, Field(description="statistics of dL/d(output)")]
     param_grad_mean_abs: Annotated[
-        float | None, Field(description="mean |grad| over all parameters of the layer")
+        float | None,
+        Field(
+            description="mean |grad| over the parameters of the layer, those whose gradient "
+            "is rounding noise (zero by construction; see the findings) left out"
+        ),
     ]
     relative_to_last: Annotated[
         float | None, Field(description="this layer's verdict metric divided by the last layer's")
@@ -97,6 +104,8 @@ class DiagnosticsReport(TypedDict):
     parameters: list[ParameterReport]
     provenance: Provenance
     timing_ms: Timing
+    curvature: NotRequired[CurvatureReport]
+    precision: NotRequired[PrecisionReport]
 
 
 class LayerSummary(TypedDict):

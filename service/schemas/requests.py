@@ -13,6 +13,7 @@ from pydantic import (
 from service.config import DevicePattern, DTypeName
 from service.diagnostics.losses import LOSSES
 from service.schemas.common import PositiveFloat, Seed, StrictModel
+from service.schemas.curvature import CurvatureOptions
 from service.schemas.models import ModelSpec
 from service.schemas.tensors import TensorPayload
 
@@ -76,6 +77,16 @@ class DiagnosticsRequest(StrictModel):
     )
     mode: Literal["train", "eval"] = "train"
     thresholds: Thresholds = Thresholds()
+    curvature: CurvatureOptions | None = Field(
+        None,
+        description="also the Hessian's top eigenvalues and trace at the initial weights "
+        "(report section `curvature`)",
+    )
+    precision_check: bool = Field(
+        False,
+        description="also run in float64 from the same weights, input and dropout masks, and "
+        "report each gradient's relative error against it (report section `precision`)",
+    )
 
 
 class BasedRequest(StrictModel):
