@@ -71,7 +71,10 @@ def probes(seed, sizes, k, m):
         for size in sizes:
             torch.randn((size,), generator=generator)
     return [
-        torch.cat([torch.randint(0, 2, (size,), generator=generator) * 2 - 1 for size in sizes])
+        torch.cat([
+            torch.randint(0, 2, (size,), generator=generator, dtype=torch.int8) * 2 - 1
+            for size in sizes
+        ])
         .double()
         for _ in range(m)
     ]  # fmt: skip
@@ -389,18 +392,27 @@ def flops_of(client, body):
 
 
 def test_budget_counts_every_product(make_client):
+    from service.diagnostics.plan import PRODUCT_MIN_FLOPS
+
     probe = make_client(limits={"max_flops": 1, "max_memory_bytes": 1})
     run_flops, run_bytes = flops_of(probe, LESSON_CURVATURE)
+    # The batch pass, ∇L with its graph, two passes' worth per product (the lesson's model
+    # is small enough for each product to cost its overhead instead).
+    product = max(2 * run_flops, PRODUCT_MIN_FLOPS)
     options = {"top_eigenvalues": 2, "max_iterations": 30, "trace_samples": 8}
     flops, memory = flops_of(probe, LESSON_CURVATURE | {"curvature": options})
-    # the batch pass, ∇L with its graph, two passes' worth per product
-    assert flops == run_flops * (2 + 2 * (2 * 30 + 8))
+    assert flops == 2 * run_flops + product * (2 * 30 + 8)
     assert memory > run_bytes
     # per layer: min(2, size) more per tensor: 5 weights (9 or 3 numbers) and 4 biases of
     # 3 numbers take 2, the last bias 1
     layered, _ = flops_of(probe, LESSON_CURVATURE | {"curvature": options | {"per_layer": True}})
-    assert layered == run_flops * (2 + 2 * ((2 + 5 * 2 + 4 * 2 + 1) * 30 + 8))
-    limited = make_client(limits={"max_flops": run_flops * 100})
+    assert layered == 2 * run_flops + product * ((2 + 5 * 2 + 4 * 2 + 1) * 30 + 8)
+    wide = LESSON_CURVATURE | {"input": {"shape": [16384, 3], "distribution": "normal"}}
+    wide |= {"target": {"shape": [16384, 1], "distribution": "zeros"}}
+    wide_flops, _ = flops_of(probe, wide)
+    assert 2 * wide_flops > PRODUCT_MIN_FLOPS
+    assert flops_of(probe, wide | {"curvature": options})[0] == wide_flops * (2 + 2 * 68)
+    limited = make_client(limits={"max_flops": product * 10})
     assert limited.post(URL, json=LESSON_CURVATURE).status_code == 200
     refused = limited.post(URL, json=LESSON_CURVATURE | {"curvature": options})
     assert refused.status_code == 422 and refused.json()["exceeded"] == ["flops"]
@@ -412,11 +424,11 @@ def test_budget_counts_every_product(make_client):
 
 def test_compare_counts_curvature_against_its_total(make_client):
     probe = make_client(limits={"max_flops": 1})
-    run_flops, _ = flops_of(probe, LESSON_CURVATURE)
-    client = make_client(limits={"max_flops": run_flops * 200})
     base = LESSON_CURVATURE | {"curvature": {"max_iterations": 30, "trace_samples": 0}}
+    flops, _ = flops_of(probe, base)
+    client = make_client(limits={"max_flops": 3 * flops})
     ok = client.post("/v1/diagnostics/compare", json={"base": base, "variants": {"a": {}}})
-    assert ok.status_code == 200, ok.text  # 61 runs' worth
+    assert ok.status_code == 200, ok.text
     both = {"base": base, "variants": {"a": {}, "b": {"seed": 1}, "c": {"seed": 2}, "d": {}}}
     refused = client.post("/v1/diagnostics/compare", json=both)
     assert refused.status_code == 422 and refused.json()["code"] == "budget_exceeded"
@@ -465,3 +477,42 @@ def test_a_long_curvature_run_stops_when_cancelled():
     model = cache.checkout(plan, threading.Event())
     assert all(p.grad is None for _, p in model.named_parameters)
     assert not model.capture.muted
+
+
+def test_extra_passes_leave_batch_norm_statistics_alone():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.config import Limits
+    from service.diagnostics.model_cache import ModelCache
+    from service.diagnostics.plan import plan_run
+    from service.diagnostics.replay import replaying
+    from service.runtime import load_statistics
+    from service.schemas.requests import DiagnosticsRequest
+
+    body = {
+        "model": {"kind": "sequential", "layers": [
+            {"type": "linear", "out_features": 4}, {"type": "batch_norm"},
+            {"type": "dropout", "p": 0.5},
+        ]},
+        "input": {"shape": [6, 3], "distribution": "normal"},
+        "loss": "sum",
+    }  # fmt: skip
+    plan = plan_run(
+        DiagnosticsRequest.model_validate(body), default_device="cpu", allowed_devices={"cpu"},
+        default_dtype="float32", limits=Limits(),
+    )  # fmt: skip
+    side = ThreadPoolExecutor(1)
+    cache = ModelCache(1 << 30, 4, load_statistics(True), side)
+    model = cache.checkout(plan, threading.Event())
+    inputs = normal((6, 3), 0)
+    first = model.module(inputs)
+    buffers = [b.clone() for b in model.module.buffers()]
+    assert int(buffers[-1]) == 1  # num_batches_tracked: the batch pass counted
+    for _ in range(2):
+        with replaying(model):
+            again = model.module(inputs)
+        assert torch.equal(again, first)  # the batch pass's masks and batch statistics
+    for before, after in zip(buffers, model.module.buffers(), strict=True):
+        assert torch.equal(before, after)
+    cache.checkin(model)
+    side.shutdown()

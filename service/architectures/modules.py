@@ -24,8 +24,9 @@ class SeededDropout(nn.Module):
         super().__init__()
         self.p = p
         self.generator: torch.Generator | None = None  # set per run
-        # Draw the masks as in this dtype (the precision check's float64 pass replays the
-        # run dtype's masks; bfloat16 draws other masks than float32 and float64 do).
+        # Draw the masks as in this dtype: the precision check's float64 pass replays the
+        # run dtype's masks (the CPU's draws do not depend on the dtype; CUDA's fused kernel
+        # vectorises by element size, so its may).
         self.mask_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

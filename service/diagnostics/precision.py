@@ -158,12 +158,10 @@ def precision_check(
         untrusted.insert(0, "the loss is not finite (float64's is)")
     elif loss_error is not None and loss_error > THRESHOLD:
         untrusted.insert(0, f"the loss {loss_error:.2g}")
-    report.update(
-        loss=loss_error,
-        reference_loss=reference_loss if math.isfinite(reference_loss) else None,
-        max_grad_error=errors[0][0] if errors else None,
-        trusted=not untrusted,
-        parameters=entries,
-        time_ms=round((time.perf_counter() - started) * 1000, 4),
-    )
+    report["loss"] = loss_error
+    report["reference_loss"] = reference_loss if math.isfinite(reference_loss) else None
+    report["max_grad_error"] = errors[0][0] if errors else None
+    report["trusted"] = not untrusted
+    report["parameters"] = entries
+    report["time_ms"] = round((time.perf_counter() - started) * 1000, 4)
     return report, _findings(report, untrusted)

@@ -65,7 +65,8 @@ def find_rounding_noise(
             key = _group(name, owner)
             scale[key] = max(scale.get(key, 0.0), grad["max_abs"])
     floor, eps = noise_floor(dtype), torch.finfo(dtype).eps
-    flags, findings = [], []
+    flags: list[bool] = []
+    findings: list[str] = []
     for name, owner, grad in zip(names, owners, grads, strict=True):
         key = _group(name, owner)
         largest = grad["max_abs"] if grad is not None else None
