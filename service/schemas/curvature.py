@@ -19,7 +19,10 @@ from service.schemas.common import PositiveFloat, StrictModel, example
 
 class CurvatureOptions(StrictModel):
     """Curvature of the batch loss at the initial weights, by Hessian-vector products (each
-    costs about two forward+backward passes; the budget counts every one)."""
+    costs about two forward+backward passes; the budget counts every one). The loss is the
+    batch run's: dropout keeps the batch run's masks, and batch norm in training mode
+    normalises with the batch's statistics (the samples interact; the Hessian is still that
+    of the batch loss) without updating its running statistics."""
 
     model_config = example({"top_eigenvalues": 2, "trace_samples": 32, "learning_rate": 0.1})
 
