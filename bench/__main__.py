@@ -11,6 +11,9 @@ Parts (all by default; `python -m bench lesson gpt` picks some):
   celery      the lesson through the celery backend (a redis-server of its own, one worker)
               against the in-process backend, p50; a 24-run sweep with two worker processes
               against one
+  curvature   one Hessian-vector product (MLP 4x512 at batch 64, gpt-tiny) against plain
+              forward+backward and plain double backward; the precision check's float64
+              pass against the run's passes (bench/curvature.py)
 Every figure is a median over repetitions; the machine is noisy, so compare ratios.
 """
 
@@ -29,6 +32,7 @@ from statistics import median
 import torch
 
 from bench import plain
+from bench.curvature import curvature
 from bench.server import ROOT, Client, Server
 from service.schemas.requests import LESSON_REQUEST
 
@@ -282,6 +286,7 @@ PARTS = {
     "scaling": scaling,
     "gpt": gpt,
     "celery": celery,
+    "curvature": curvature,
 }
 
 

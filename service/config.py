@@ -45,7 +45,12 @@ class Limits(BaseSettings):
     )
     max_input_elements: int = Field(4_000_000, ge=1, description="elements of input or target")
     max_layers: int = Field(1024, ge=1, description="layers (or blocks) of one model")
-    max_flops: Count = Field(5 * 10**12, ge=1, description="estimated forward+backward FLOPs")
+    max_flops: Count = Field(
+        5 * 10**12,
+        ge=1,
+        description="estimated FLOPs of a run: forward+backward, and the passes of its "
+        "curvature and precision check",
+    )
     max_variants: int = Field(16, ge=1, description="variants of one compare request")
     max_sweep_runs: int = Field(256, ge=1, description="runs of one sweep (the axes' product)")
     max_memory_bytes: Count = Field(

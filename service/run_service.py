@@ -100,7 +100,7 @@ class RunService:
 
     def _check_total(self, plans: Iterable[RunPlan], what: str) -> None:
         """Runs of one request count against the FLOP budget together."""
-        flops = sum(p.model.estimate.flops for p in plans)
+        flops = sum(p.flops for p in plans)
         limit = self.settings.limits.max_flops
         if flops > limit:
             raise BudgetExceeded(

@@ -25,18 +25,28 @@ class SeededDropout(nn.Module):
         super().__init__()
         self.p = p
         self.generator: torch.Generator | None = None  # set per run
+        # Draw the masks as in this dtype: the precision check's float64 pass replays the
+        # run dtype's masks (the CPU's draws do not depend on the dtype; CUDA's fused kernel
+        # vectorises by element size, so its may).
+        self.mask_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
         if self.generator is None:
             raise RuntimeError("SeededDropout used without a generator")
+        dtype = self.mask_dtype or x.dtype
         if self.generator.device.type == "cuda":
             # nn.Dropout's own CUDA kernel (`_fused_dropout` takes the probability to keep).
-            return torch._fused_dropout(x, 1 - self.p, self.generator)[0]
+            if dtype == x.dtype:
+                return torch._fused_dropout(x, 1 - self.p, self.generator)[0]
+            ones = torch.ones_like(x, dtype=dtype)
+            mask = torch._fused_dropout(ones, 1 - self.p, self.generator)[1]
+            return x * mask.to(x.dtype) / (1 - self.p)
         # Other devices (mps) draw on the CPU: the CPU's masks, moved.
-        noise = torch.empty_like(x, device="cpu").bernoulli_(1 - self.p, generator=self.generator)
-        noise.div_(1 - self.p)
+        noise = torch.empty_like(x, dtype=dtype, device="cpu")
+        noise.bernoulli_(1 - self.p, generator=self.generator)
+        noise = noise.to(x.dtype).div_(1 - self.p)
         return x * noise.to(x.device)
 
     def extra_repr(self) -> str:

@@ -7,10 +7,11 @@ cache is an LRU by key, bounded by the entries' measured footprint and by their 
 lookup, check-in and each eviction cost O(1).
 """
 
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class Capture:
         self.outputs: list[torch.Tensor | None] = [None] * layers
         self.cancel: threading.Event | None = None
         self.cancel_points = False
+        self.muted = False
 
     def start(self, cancel: threading.Event, cancel_points: bool) -> None:
         self.outputs = [None] * len(self.outputs)
@@ -92,9 +94,21 @@ class Capture:
     def check(self, *_: object) -> None:
         raise_if_cancelled(self.cancel)
 
+    @contextlib.contextmanager
+    def mute(self) -> Iterator[None]:
+        """Passes beyond the run's own (curvature, the precision check) record nothing and
+        retain no gradient: the outputs stay those of the batch pass. Still cancellable."""
+        self.muted = True
+        try:
+            yield
+        finally:
+            self.muted = False
+
     def hook(self, index: int) -> Callable[[nn.Module, Any, Any], None]:
         def keep_output(module: nn.Module, args: Any, output: Any) -> None:
             self.check()
+            if self.muted:
+                return
             tensor = output if isinstance(output, torch.Tensor) else output[0]
             self.outputs[index] = tensor
             if tensor.requires_grad:
@@ -123,6 +137,7 @@ class InitialModel:
     buffers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     nbytes: int = 0
     training: bool | None = None
+    dropout_start: torch.Tensor | None = None  # the dropout generator's state at the run's start
 
     def prepare(self, training: bool, seed: int, device: str) -> None:
         """Mode and dropout generator for one run: where `torch.manual_seed(seed)` and
@@ -141,6 +156,14 @@ class InitialModel:
             generator.set_state(self.generator_state)
         for dropout in self.dropouts:
             dropout.generator = generator
+        self.dropout_start = generator.get_state()
+
+    def rewind_dropout(self) -> None:
+        """The dropout generator back to where the run's forward pass began: the next pass
+        over the batch draws the batch pass's masks (curvature, the precision check)."""
+        generator = self.dropouts[0].generator if self.dropouts else None
+        if generator is not None and self.dropout_start is not None:
+            generator.set_state(self.dropout_start)
 
     def reset(self) -> None:
         """Back to the initial state: no gradients, no activations, buffers as built."""

@@ -5,9 +5,11 @@ queued, so that an impossible or too expensive request is refused within millise
 """
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from service.architectures.base import ModelKind, ModelSignature, Shape
 from service.architectures.init_schemes import check_layer_inits
@@ -22,8 +24,22 @@ from service.errors import (
     Loc,
     UnsupportedDevice,
 )
+from service.schemas.curvature import CurvatureOptions
 from service.schemas.requests import DiagnosticsRequest
 from service.schemas.tensors import RandintTensor
+
+# What a Hessian-vector product costs beyond its arithmetic (the autograd engine's walk, the
+# vector algebra in Python): measured 0.3-0.85 ms per product on the lesson's model, about
+# 5·10⁶ FLOPs at the rate of a core (10¹⁰ FLOP/s); a product counts at least this much.
+PRODUCT_MIN_FLOPS = 5 * 10**6
+
+
+@dataclass(frozen=True)
+class AnalysisCost:
+    """What a run's optional analyses (curvature, precision check) add to its budget."""
+
+    flops: int = 0
+    memory_bytes: int = 0  # beyond the batch pass's peak
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,17 @@ class RunPlan:
     dtype: str
     loc: Loc
     literals: LiteralChecks = field(default_factory=LiteralChecks, compare=False)
+    analyses: AnalysisCost = field(default_factory=AnalysisCost)
+
+    @property
+    def flops(self) -> int:
+        """The run's estimated FLOPs, its analyses' included."""
+        return self.model.estimate.flops + self.analyses.flops
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """The request's loss, with its options, of the model's output."""
+        options = self.request.loss
+        return LOSSES[options.name].function(output, target, options, self.model.class_dim)
 
 
 def _target(
@@ -103,16 +130,23 @@ def peak_bytes(model: ModelSignature, elements: int, dtype: str) -> int:
     return int(max(build, tensors * max(size, 4)) * HEADROOM) + STATISTICS_SCRATCH_BYTES
 
 
-def check_budget(model: ModelSignature, elements: int, dtype: str, limits: Limits) -> None:
+def check_budget(
+    model: ModelSignature,
+    elements: int,
+    dtype: str,
+    limits: Limits,
+    analyses: AnalysisCost = AnalysisCost(),
+) -> None:
     """Refuse with the estimate and the limits when any estimate exceeds its limit."""
     estimate = model.estimate
+    memory = peak_bytes(model, elements, dtype) + analyses.memory_bytes
     pairs = {
         "parameters": (estimate.parameters, limits.max_parameters),
         "activation_elements": (estimate.activation_elements, limits.max_activation_elements),
-        "flops": (estimate.flops, limits.max_flops),
+        "flops": (estimate.flops + analyses.flops, limits.max_flops),
         "layers": (estimate.layers, limits.max_layers),
         "input_elements": (elements, limits.max_input_elements),
-        "memory_bytes": (peak_bytes(model, elements, dtype), limits.max_memory_bytes),
+        "memory_bytes": (memory, limits.max_memory_bytes),
     }
     over = [name for name, (value, limit) in pairs.items() if value > limit]
     if over:
@@ -125,6 +159,65 @@ def check_budget(model: ModelSignature, elements: int, dtype: str, limits: Limit
                 "exceeded": over,
             },
         )
+
+
+def curvature_products(options: CurvatureOptions, sizes: Sequence[int] | None) -> int:
+    """The most Hessian-vector products a curvature request computes: k·max_iterations for
+    the eigenvalues, one per trace probe, and with `sizes` (per_layer) min(k, size)·
+    max_iterations per parameter tensor."""
+    k, n = options.top_eigenvalues, options.max_iterations
+    blocks = sum(min(k, size) for size in sizes) if sizes is not None else 0
+    return (k + blocks) * n + options.trace_samples
+
+
+def _parameter_sizes(kind: ModelKind, request: DiagnosticsRequest, input_shape: Shape) -> list[int]:
+    """Each parameter tensor's size, from the module built on the meta device (no memory)."""
+    with torch.device("meta"):
+        module = kind.build(request.model, input_shape)
+    return [p.numel() for p in module.parameters()]
+
+
+def analysis_cost(
+    request: DiagnosticsRequest,
+    kind: ModelKind,
+    model: ModelSignature,
+    input_shape: Shape,
+    elements: int,
+    dtype: str,
+    device: str,
+    loc: Loc,
+) -> AnalysisCost:
+    """Curvature: ∇L with its graph (one forward+backward), then about two forward+backward
+    passes per Hessian-vector product (PRODUCT_MIN_FLOPS at least). Its memory: five times
+    the saved activations (the forward's, the backward's graph, and the product's own
+    transients: measured at 2.1-2.5
+    times in all for MLPs of 4×1024 at batch 2048 with relu, tanh or gelu_tanh, 3.5-4.4
+    times for GPTs of width 128-512 and 64-256 tokens), the largest transient of a layer,
+    and k + 5 parameter-sized vectors (∇L, the eigenvectors, the iterate and its product, a
+    probe and its product). Precision check: a float64 forward+backward, at a float64 run's
+    peak. The two run one after the other, after the batch pass: the larger memory counts."""
+    estimate, flops, memory = model.estimate, 0, 0
+    options = request.curvature
+    if options is not None:
+        if options.top_eigenvalues > estimate.parameters:
+            raise InvalidRequest.at(
+                (*loc, "curvature", "top_eigenvalues"),
+                f"the model has {estimate.parameters} parameters: at most that many eigenvalues",
+            )
+        sizes = _parameter_sizes(kind, request, input_shape) if options.per_layer else None
+        product = max(2 * estimate.flops, PRODUCT_MIN_FLOPS)
+        flops += estimate.flops + product * curvature_products(options, sizes)
+        graph = 5 * estimate.activation_elements + estimate.workspace_elements
+        vectors = (options.top_eigenvalues + 5) * estimate.parameters
+        memory = int((graph + vectors) * max(DTYPES[dtype].itemsize, 4) * HEADROOM)
+    if request.precision_check and dtype != "float64":
+        if device == "mps":
+            raise InvalidRequest.at(
+                (*loc, "precision_check"), "the precision check needs float64, which MPS lacks"
+            )
+        flops += estimate.flops
+        memory = max(memory, peak_bytes(model, elements, "float64"))
+    return AnalysisCost(flops, memory)
 
 
 def plan_run(
@@ -159,7 +252,8 @@ def plan_run(
         _check_generated_ids(request.target, classes, (*loc, "target"), "class id")
     elements = math.prod(input_shape) + (math.prod(target_shape) if target_shape else 0)
     dtype = request.dtype or default_dtype
-    check_budget(model, elements, dtype, limits)
+    analyses = analysis_cost(request, kind, model, input_shape, elements, dtype, device, loc)
+    check_budget(model, elements, dtype, limits, analyses)
     integers = model.input_kind == "int"
     literals.check(request.input, input_shape, integers, dtype, (*loc, "input"), "token id")
     if target_shape is not None:
@@ -179,4 +273,5 @@ def plan_run(
         dtype=dtype,
         loc=loc,
         literals=literals,
+        analyses=analyses,
     )

@@ -16,21 +16,26 @@ from collections.abc import Iterator
 import torch
 
 import service
-from service.diagnostics.losses import LOSSES, class_axis
+from service.diagnostics.curvature import curvature
+from service.diagnostics.losses import class_axis
 from service.diagnostics.model_cache import InitialModel, ModelCache
 from service.diagnostics.plan import RunPlan
+from service.diagnostics.precision import precision_check
 from service.diagnostics.report import (
     layer_signal,
     parameter_findings,
     parameter_report,
     weighted_mean,
 )
+from service.diagnostics.rounding import find_rounding_noise
 from service.diagnostics.stats import Statistics
 from service.diagnostics.tensors import DTYPES
 from service.diagnostics.through_time import ThroughTime, worst
 from service.diagnostics.verdicts import judge
 from service.errors import Cancelled, InvalidTensor, Loc, ShapeMismatch, raise_if_cancelled
+from service.schemas.curvature import CurvatureReport
 from service.schemas.losses import CrossEntropyLoss
+from service.schemas.precision import PrecisionReport
 from service.schemas.reports import DiagnosticsReport, LayerReport, Stats, Timing
 
 logger = logging.getLogger("gradiag")
@@ -170,9 +175,7 @@ def _diagnose(
     through = ThroughTime(module, cancel)  # recurrent layers record what their replay needs
     with _refusals_as_problems(plan.loc), through.recording():
         output = module(inputs)
-        loss = LOSSES[request.loss.name].function(
-            output, target, request.loss, plan.model.class_dim
-        )
+        loss = plan.loss(output, target)
         clock.lap("forward")
         # `backward` rather than `autograd.grad(...)`: on the CPU the latter took twice as
         # long for gpt2-small, the gradients being the same.
@@ -194,6 +197,8 @@ def _diagnose(
     output_stats = [next(stats) if t is not None else None for t in outputs]
     output_grad_stats = [next(stats) if g is not None else None for g in output_grads]
     clock.lap("statistics")
+    names = [name for name, _ in named]
+    noise = find_rounding_noise(names, owners, grad_stats, DTYPES[plan.dtype])
 
     parameters = [
         parameter_report(name, list(param.shape), layer, grad, value)
@@ -203,8 +208,8 @@ def _diagnose(
     ]
     thresholds = request.thresholds
     by_layer: dict[str, list[Stats]] = {name: [] for name, _ in layers}
-    for grad, layer in zip(grad_stats, owners, strict=True):
-        if layer is not None and grad is not None:
+    for grad, layer, is_noise in zip(grad_stats, owners, noise.flags, strict=True):
+        if layer is not None and grad is not None and not is_noise:  # noise: not vanishing
             by_layer[layer].append(grad)
     own_grads = [by_layer[name] for name, _ in layers]
     own_mean_abs = [weighted_mean(own, "mean_abs") for own in own_grads]
@@ -228,12 +233,22 @@ def _diagnose(
         }
         for i, ((name, _), out) in enumerate(zip(layers, outputs, strict=True))
     ]
+    findings = verdicts.findings + parameter_findings(parameters) + noise.findings
+    findings += through_time.findings
+    curved: CurvatureReport | None = None
+    precise: PrecisionReport | None = None
+    if request.curvature is not None:
+        curved, more = curvature(plan, model, inputs, target, cancel)
+        findings += more
+    if request.precision_check:
+        precise, more = precision_check(plan, model, inputs, target, grad_stats, loss_value, cancel)
+        findings += more
     report: DiagnosticsReport = {
         "diagnosis": {
             "verdict": worst([verdicts.verdict, *through_time.verdicts]),
             "metric": thresholds.metric,
             "first_to_last_ratio": verdicts.first_to_last,
-            "findings": verdicts.findings + parameter_findings(parameters) + through_time.findings,
+            "findings": findings,
         },
         "loss": loss_value,
         "output_shape": list(output.shape),
@@ -255,4 +270,8 @@ def _diagnose(
     }
     if through_time.reports:
         report["through_time"] = through_time.reports
+    if curved is not None:
+        report["curvature"] = curved
+    if precise is not None:
+        report["precision"] = precise
     return report

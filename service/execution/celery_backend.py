@@ -142,7 +142,7 @@ class CeleryBackend:
         return excess * median / max(1, workers)
 
     def _queue(self, unit: Any) -> str:
-        estimate = unit.plan.model.estimate.flops
+        estimate = unit.plan.flops
         return keys.queue_name(unit.plan.device, estimate, self._settings.large_flops)
 
     async def submit(self, spec: JobSpec, idempotency: Idempotency | None) -> tuple[Job, bool]:

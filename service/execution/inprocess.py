@@ -150,7 +150,7 @@ class InProcessBackend:
         self._jobs[spec.id] = entry
         self._count("queued")
         self._in_flight += 1
-        entry.flops = sum(unit.plan.model.estimate.flops for unit in spec.units)
+        entry.flops = sum(unit.plan.flops for unit in spec.units)
         self._ahead[spec.id] = entry
         entry.deadline = loop.call_later(self._settings.job_timeout_s, self._time_out, entry)
         # The run thread logs under the request that submitted the job (service.logs).

@@ -7,6 +7,9 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
+from service.schemas.curvature import CurvatureReport
+from service.schemas.precision import PrecisionReport
+
 # not_measured: no gradient reached the layer (nothing before it requires grad: an
 # activation, flatten or dropout before the first layer with parameters).
 Verdict = Literal["healthy", "vanishing", "exploding", "dead", "non_finite", "not_measured"]
@@ -47,7 +50,11 @@ class LayerReport(TypedDict):
     output: Stats | None
     output_grad: Annotated[Stats | None, Field(description="statistics of dL/d(output)")]
     param_grad_mean_abs: Annotated[
-        float | None, Field(description="mean |grad| over all parameters of the layer")
+        float | None,
+        Field(
+            description="mean |grad| over the parameters of the layer, those whose gradient "
+            "is rounding noise (zero by construction; see the findings) left out"
+        ),
     ]
     relative_to_last: Annotated[
         float | None, Field(description="this layer's verdict metric divided by the last layer's")
@@ -144,6 +151,8 @@ class DiagnosticsReport(TypedDict):
             Field(description="per recurrent layer, only for models that have them"),
         ]
     ]
+    curvature: NotRequired[CurvatureReport]
+    precision: NotRequired[PrecisionReport]
 
 
 class LayerSummary(TypedDict):

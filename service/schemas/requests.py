@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from service.config import DevicePattern, DTypeName
 from service.diagnostics.losses import LOSSES
 from service.schemas.common import PositiveFloat, Seed, StrictModel
+from service.schemas.curvature import CurvatureOptions
 from service.schemas.losses import LossOptions
 from service.schemas.models import ModelSpec
 from service.schemas.tensors import TensorPayload
@@ -106,6 +107,16 @@ class DiagnosticsRequest(StrictModel):
     )
     mode: Literal["train", "eval"] = "train"
     thresholds: Thresholds = Thresholds()
+    curvature: CurvatureOptions | None = Field(
+        None,
+        description="also the Hessian's top eigenvalues and trace at the initial weights "
+        "(report section `curvature`)",
+    )
+    precision_check: bool = Field(
+        False,
+        description="also run in float64 from the same weights, input and dropout masks, and "
+        "report each gradient's relative error against it (report section `precision`)",
+    )
 
 
 def _loss_as_object(document: dict[str, Any]) -> dict[str, Any]:
