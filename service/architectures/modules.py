@@ -24,19 +24,30 @@ class SeededDropout(nn.Module):
         super().__init__()
         self.p = p
         self.generator: torch.Generator | None = None  # set per run
+        # Per-sample gradients replay a run's masks: kept, in call order, while `recorded` is
+        # a list; applied instead of new draws while `replay` holds some.
+        self.recorded: list[torch.Tensor] | None = None
+        self.replay: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if self.replay:
+            return x * self.replay.pop(0)
         if self.generator is None:
             raise RuntimeError("SeededDropout used without a generator")
         if self.generator.device.type == "cuda":
             # nn.Dropout's own CUDA kernel (`_fused_dropout` takes the probability to keep).
-            return torch._fused_dropout(x, 1 - self.p, self.generator)[0]
+            out, mask = torch._fused_dropout(x, 1 - self.p, self.generator)
+            if self.recorded is not None:
+                self.recorded.append(mask.to(x.dtype) / (1 - self.p))
+            return out
         # Other devices (mps) draw on the CPU: the CPU's masks, moved.
         noise = torch.empty_like(x, device="cpu").bernoulli_(1 - self.p, generator=self.generator)
-        noise.div_(1 - self.p)
-        return x * noise.to(x.device)
+        noise = noise.div_(1 - self.p).to(x.device)
+        if self.recorded is not None:
+            self.recorded.append(noise)
+        return x * noise
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -7,10 +7,11 @@ cache is an LRU by key, bounded by the entries' measured footprint and by their 
 lookup, check-in and each eviction cost O(1).
 """
 
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,16 @@ class Capture:
         self.outputs: list[torch.Tensor | None] = [None] * layers
         self.cancel: threading.Event | None = None
         self.cancel_points = False
+        self.paused = False  # the hooks do nothing (torch.func transforms refuse them)
+
+    @contextlib.contextmanager
+    def pause(self) -> Iterator[None]:
+        """The hooks stand aside: a functional pass of the module (vmap) records nothing."""
+        self.paused = True
+        try:
+            yield
+        finally:
+            self.paused = False
 
     def start(self, cancel: threading.Event, cancel_points: bool) -> None:
         self.outputs = [None] * len(self.outputs)
@@ -93,6 +104,8 @@ class Capture:
 
     def hook(self, index: int) -> Callable[[nn.Module, Any, Any], None]:
         def keep_output(module: nn.Module, args: Any, output: Any) -> None:
+            if self.paused:
+                return
             self.check()
             tensor = output if isinstance(output, torch.Tensor) else output[0]
             self.outputs[index] = tensor
@@ -144,6 +157,8 @@ class InitialModel:
     def reset(self) -> None:
         """Back to the initial state: no gradients, no activations, buffers as built."""
         self.capture.clear()
+        for dropout in self.dropouts:  # masks kept or replayed for per-sample gradients
+            dropout.recorded, dropout.replay = None, []
         with torch.no_grad():
             for _, param in self.named_parameters:
                 param.grad = None

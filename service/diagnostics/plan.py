@@ -12,6 +12,7 @@ from typing import Any
 from service.architectures.base import ModelKind, ModelSignature, Shape
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
+from service.diagnostics.per_sample import admission as per_sample_admission
 from service.diagnostics.tensors import DTYPES, LiteralChecks, probe_shape
 from service.errors import (
     BudgetExceeded,
@@ -152,6 +153,8 @@ def plan_run(
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
     model = kind.signature(request.model, input_shape, loc)
+    if request.per_sample:  # refused where undefined; its costs join the budget's
+        model = per_sample_admission.admit(request, model, input_shape, loc)
     target_shape, target_integers = _target(request, model.output_shape, loc)
     _check_generated_ids(request.input, model.input_classes, (*loc, "input"), "token id")
     if target_integers:

@@ -18,6 +18,7 @@ import torch
 import service
 from service.diagnostics.losses import LOSSES
 from service.diagnostics.model_cache import InitialModel, ModelCache
+from service.diagnostics.per_sample.report import PerSample
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.report import (
     layer_signal,
@@ -83,13 +84,16 @@ class _Clock:
     def timing(self, started: float) -> Timing:
         laps = self.laps
         total = round((time.perf_counter() - started) * 1000, 4)
-        return Timing(
+        timing = Timing(
             build=laps["build"],
             forward=laps["forward"],
             backward=laps["backward"],
             statistics=laps["statistics"],
             total=total,
         )
+        if "per_sample" in laps:
+            timing["per_sample"] = laps["per_sample"]
+        return timing
 
 
 def _inputs(plan: RunPlan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -147,8 +151,12 @@ def _diagnose(
     request = plan.request
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
     model.capture.start(cancel, plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS)
-    with _refusals_as_problems(plan.loc):
+    per_sample = PerSample(model, plan.model.estimate) if request.per_sample else None
+    recording = per_sample.recording() if per_sample else contextlib.nullcontext()
+    with _refusals_as_problems(plan.loc), recording:
         output = module(inputs)
+        if per_sample is not None:
+            per_sample.keep_output(output)
         loss = LOSSES[request.loss](output, target)
         clock.lap("forward")
         # `backward` rather than `autograd.grad(...)`: on the CPU the latter took twice as
@@ -168,6 +176,9 @@ def _diagnose(
     output_stats = [next(stats) if t is not None else None for t in outputs]
     output_grad_stats = [next(stats) if g is not None else None for g in output_grads]
     clock.lap("statistics")
+    samples = per_sample.result(inputs, cancel) if per_sample is not None else None
+    if samples is not None:
+        clock.lap("per_sample")
 
     parameters = [
         parameter_report(name, list(param.shape), layer, grad, value)
@@ -175,6 +186,9 @@ def _diagnose(
             named, owners, grad_stats, model.value_stats, strict=True
         )
     ]
+    if samples is not None:
+        for entry, sampled in zip(parameters, samples.parameters, strict=True):
+            entry["per_sample"] = sampled
     thresholds = request.thresholds
     by_layer: dict[str, list[Stats]] = {name: [] for name, _ in layers}
     for grad, layer in zip(grad_stats, owners, strict=True):
@@ -207,12 +221,15 @@ def _diagnose(
             "verdict": verdicts.verdict,
             "metric": thresholds.metric,
             "first_to_last_ratio": verdicts.first_to_last,
-            "findings": verdicts.findings + parameter_findings(parameters),
+            "findings": verdicts.findings
+            + parameter_findings(parameters)
+            + (samples.findings if samples is not None else []),
         },
         "loss": loss_value,
         "output_shape": list(output.shape),
         "layers": report_layers,
         "parameters": parameters,
+        **({"per_sample": samples.report} if samples is not None else {}),  # type: ignore[typeddict-item]
         "provenance": {
             "service_version": service.__version__,
             "torch_version": torch.__version__.split("+")[0],
