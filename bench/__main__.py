@@ -11,6 +11,9 @@ Parts (all by default; `python -m bench lesson gpt` picks some):
   celery      the lesson through the celery backend (a redis-server of its own, one worker)
               against the in-process backend, p50; a 24-run sweep with two worker processes
               against one
+  per_sample  per-sample norms, noise and GSNR against plain forward+backward: an MLP of
+              1.05M parameters at batch 64 and gpt-tiny at 8 x 64 tokens, the identities'
+              path and the vmap path (bench/per_sample.py)
 Every figure is a median over repetitions; the machine is noisy, so compare ratios.
 """
 
@@ -29,6 +32,7 @@ from statistics import median
 import torch
 
 from bench import plain
+from bench.per_sample import per_sample
 from bench.server import ROOT, Client, Server
 from service.schemas.requests import LESSON_REQUEST
 
@@ -282,6 +286,7 @@ PARTS = {
     "scaling": scaling,
     "gpt": gpt,
     "celery": celery,
+    "per_sample": per_sample,
 }
 
 

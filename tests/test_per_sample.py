@@ -522,3 +522,30 @@ def test_mlp_and_cnn_against_backpack(client):
             norms = (param.batch_l2 * batch**2).sqrt()
             assert near(got["norms"]["max"], norms.max().item(), 1e-9)
             assert near(got["norms"]["min"], norms.min().item(), 1e-9)
+
+
+# Memory ----------------------------------------------------------------------------------
+PER_SAMPLE_MEMORY_CASES = {
+    "mlp": {"model": {"kind": "mlp", "layer_sizes": [2048] * 4, "activation": "relu"},
+            "input": {"shape": [64, 2048], "distribution": "normal"}, "loss": "sum"},
+    "gpt_logits": {"model": {"kind": "gpt", "preset": "gpt2-small", "n_layers": 2,
+                             "emb_dim": 128, "n_heads": 4},
+                   "input": {"shape": [4, 256], "distribution": "randint", "high": 50257},
+                   "target": {"shape": [4, 256], "distribution": "randint", "high": 50257},
+                   "loss": "cross_entropy"},
+    "conv_im2col": {"model": seq({"type": "conv2d", "out_channels": 16, "kernel_size": 7,
+                                  "padding": 3}, {"type": "relu"}, {"type": "flatten"},
+                                 {"type": "linear", "out_features": 1}),
+                    "input": {"shape": [16, 8, 64, 64], "distribution": "normal"},
+                    "loss": "sum", "dtype": "float64"},
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body", PER_SAMPLE_MEMORY_CASES.values(), ids=PER_SAMPLE_MEMORY_CASES)
+def test_the_memory_estimate_bounds_the_per_sample_peak(body):
+    from tests.test_estimates import _measured_peak
+
+    measured = _measured_peak({**body, "per_sample": True})
+    assert measured["status"] == 200
+    assert measured["estimate"] / 5 <= measured["grown"] <= measured["estimate"], measured

@@ -176,9 +176,8 @@ def _course_layer_norm(
     module: nn.Module, a: torch.Tensor, d: torch.Tensor, batch: int
 ) -> dict[str, Parts]:
     assert isinstance(module, CourseLayerNorm)
-    mean = a.mean(dim=-1, keepdim=True)
-    var = a.var(dim=-1, keepdim=True, unbiased=False)
-    normalised = (a - mean) / torch.sqrt(var + module.eps)
+    # (x − mean) / √(var + eps), biased variance: torch's layer norm without affine.
+    normalised = F.layer_norm(a, a.shape[-1:], eps=module.eps)
     return _affine(module, normalised, d, batch, ("scale", "shift"), channels_first=False)
 
 
