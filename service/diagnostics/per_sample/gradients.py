@@ -5,7 +5,6 @@ whose parameters it alone holds, and whose input and output gradient carry the b
 """
 
 import threading
-from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -15,13 +14,13 @@ from torch import nn
 
 from service.diagnostics.per_sample.identities import RULES
 from service.diagnostics.per_sample.parts import Parts, work_dtype
-from service.diagnostics.per_sample.recorder import Recorder
+from service.diagnostics.per_sample.recorder import Recorder, Tap
 from service.diagnostics.per_sample.vmap import vmap_parts
 from service.errors import raise_if_cancelled
 
 
-def _identity(recorder: Recorder, module: nn.Module, batch: int, dtype: torch.dtype) -> Any:
-    own = dict(module.named_parameters(recurse=False))
+def _identity(recorder: Recorder, tap: Tap, batch: int, dtype: torch.dtype) -> Any:
+    module, own = tap.module, tap.params
     calls = recorder.inputs.get(module, [])
     if not calls:  # not run: nothing reached its parameters
         return {name: Parts.zeros(batch, p, dtype) for name, p in own.items()}
@@ -49,17 +48,13 @@ def per_sample_parts(
     """Parts per named parameter, in order, and the names of those the vmap path computed."""
     batch = len(inputs)
     dtype = work_dtype(named[0][1].dtype if named else torch.float32)
-    holders = Counter(id(p) for m in recorder.module.modules() for p in m.parameters(recurse=False))
     parts: dict[int, Parts] = {}
     with torch.no_grad():
-        for module in recorder.taps:
+        for tap in recorder.taps:
             raise_if_cancelled(cancel)
-            own = dict(module.named_parameters(recurse=False))
-            if any(holders[id(p)] > 1 for p in own.values()):
-                continue  # shared with another module: g_i sums both uses
-            found = _identity(recorder, module, batch, dtype)
+            found = None if tap.shared else _identity(recorder, tap, batch, dtype)
             if found is not None:
-                parts.update({id(p): found[name] for name, p in own.items()})
+                parts.update({id(p): found[name] for name, p in tap.params.items()})
     general = [(name, p) for name, p in named if id(p) not in parts]
     if general:
         computed = vmap_parts(

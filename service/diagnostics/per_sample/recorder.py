@@ -6,7 +6,11 @@ For each dropout: its masks, in call order (the vmap path replays them).
 """
 
 import contextlib
+import threading
+import weakref
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +27,44 @@ def _broadcast_sources(module: nn.Module) -> dict[nn.Module, nn.Module]:
     return {m.pos_emb: m.tok_emb for m in module.modules() if isinstance(m, GPTModel)}
 
 
+@dataclass(frozen=True)
+class Tap:
+    """A module with parameters of its own, and whether another module holds one of them too
+    (then g_i sums both uses: the vmap path's)."""
+
+    module: nn.Module
+    params: dict[str, nn.Parameter]
+    shared: bool
+
+
+@dataclass(frozen=True)
+class Layout:
+    taps: list[Tap]
+    sources: dict[nn.Module, nn.Module]
+
+
+# Per model, computed once: a cached model's structure never changes.
+_LAYOUTS: "weakref.WeakKeyDictionary[nn.Module, Layout]" = weakref.WeakKeyDictionary()
+_LAYOUTS_LOCK = threading.Lock()
+
+
+def layout(module: nn.Module) -> Layout:
+    with _LAYOUTS_LOCK:
+        found = _LAYOUTS.get(module)
+    if found is not None:
+        return found
+    holders = Counter(id(p) for m in module.modules() for p in m.parameters(recurse=False))
+    taps = []
+    for m in module.modules():
+        params = dict(m.named_parameters(recurse=False))
+        if params:
+            taps.append(Tap(m, params, any(holders[id(p)] > 1 for p in params.values())))
+    found = Layout(taps, _broadcast_sources(module))
+    with _LAYOUTS_LOCK:
+        _LAYOUTS[module] = found
+    return found
+
+
 class Recorder:
     """Records one batch pass of `module` (hooks only inside `recording()`); `release()` lets go
     of what was recorded."""
@@ -30,19 +72,16 @@ class Recorder:
     def __init__(self, module: nn.Module, dropouts: Sequence[SeededDropout]):
         self.module = module
         self.dropouts = list(dropouts)
-        self.taps = [
-            m
-            for m in module.modules()
-            if type(m) in RULES and next(m.parameters(recurse=False), None) is not None
-        ]
-        self.sources = _broadcast_sources(module)
+        found = layout(module)
+        self.taps = [tap for tap in found.taps if type(tap.module) in RULES]
+        self.sources = found.sources
         self.inputs: dict[nn.Module, list[Any]] = {}
         self.grads: dict[nn.Module, torch.Tensor] = {}
         self.output_grad: torch.Tensor | None = None
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
-        handles = [m.register_forward_hook(self._keep) for m in self.taps]
+        handles = [tap.module.register_forward_hook(self._keep) for tap in self.taps]
         for dropout in self.dropouts:
             dropout.recorded = []
         try:

@@ -27,22 +27,20 @@ def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _median(values: torch.Tensor) -> float:
-    """The mean of the two middle values: on the CPU one selection (numpy's introselect) and
-    the least value above it, faster than a second selection or a sort."""
-    n = values.numel()
-    if values.device.type != "cpu":
-        return float(values.kthvalue((n + 1) // 2).values + values.kthvalue(n // 2 + 1).values) / 2
+def _median(values: np.ndarray) -> float:
+    """The mean of the two middle values: one selection (introselect, in place) and the least
+    value above it, faster than a second selection or a sort."""
+    n = len(values)
     low = (n - 1) // 2
-    picked = np.partition(values.numpy(), low)
-    high = picked[low] if n % 2 else picked[low + 1 :].min()
-    return (float(picked[low]) + float(high)) / 2
+    values.partition(low)
+    high = values[low] if n % 2 else values[low + 1 :].min()
+    return (float(values[low]) + float(high)) / 2
 
 
 @dataclass(frozen=True)
 class GSNR:
     """Of one parameter tensor: over its elements with σ_j² > 0, their count and GSNR_j's
-    mean, median and fraction above 1 (NaN without such elements); and ‖ḡ‖²."""
+    mean, median and fraction above 1 (NaN without such elements); and ‖grad‖²."""
 
     count: int
     mean: float
@@ -52,22 +50,41 @@ class GSNR:
 
 
 def gsnr(parts: Parts, mean: torch.Tensor, batch: int) -> GSNR:
-    """B·σ_j² = Σ_i g_ij² − B·ḡ_j² is positive beyond rounding where it exceeds
-    VARIANCE_FLOOR_EPS machine epsilons of Σ_i g_ij²."""
-    sum_sq, mean = parts.sum_sq.reshape(-1), mean.reshape(-1)
-    grad_sq = float(torch.dot(mean, mean))
-    excess = torch.addcmul(sum_sq, mean, mean, value=-batch)  # B·σ_j²
-    floor = VARIANCE_FLOOR_EPS * torch.finfo(sum_sq.dtype).eps
+    """B·σ_j² = Σ_i g_ij² − B·grad_j² is positive beyond rounding where it exceeds
+    VARIANCE_FLOOR_EPS machine epsilons of Σ_i g_ij². On the CPU in numpy, whose reductions
+    and selection are several times faster than torch's there; elsewhere on the device."""
+    if parts.sum_sq.device.type != "cpu":
+        return _gsnr_on_device(parts.sum_sq.reshape(-1), mean.reshape(-1), batch)
+    sum_sq, grad = parts.sum_sq.reshape(-1).numpy(), mean.reshape(-1).numpy()
+    grad_sq = float(np.dot(grad, grad))
+    signal = np.multiply(grad, grad)
+    signal *= batch  # B·grad_j²
+    excess = sum_sq - signal  # B·σ_j²
+    floor = VARIANCE_FLOOR_EPS * np.finfo(sum_sq.dtype).eps
     defined = excess > floor * sum_sq  # not where non-finite
+    count = int(np.count_nonzero(defined))
+    if count == 0:
+        return GSNR(0, math.nan, math.nan, math.nan, grad_sq)
+    if count < len(sum_sq):
+        signal, excess = signal[defined], excess[defined]
+    ratio = np.divide(signal, excess, out=signal)
+    total = float(ratio.sum(dtype=np.float64))
+    above = int(np.count_nonzero(ratio > 1))
+    return GSNR(count, total / count, _median(ratio), above / count, grad_sq)
+
+
+def _gsnr_on_device(sum_sq: torch.Tensor, mean: torch.Tensor, batch: int) -> GSNR:
+    grad_sq = float(torch.dot(mean, mean))
+    signal = mean.square().mul_(batch)
+    excess = sum_sq - signal
+    defined = excess > VARIANCE_FLOOR_EPS * torch.finfo(sum_sq.dtype).eps * sum_sq
     count = int(defined.sum())
     if count == 0:
         return GSNR(0, math.nan, math.nan, math.nan, grad_sq)
-    ratio = mean.square().mul_(batch).div_(excess.clamp_min_(torch.finfo(sum_sq.dtype).tiny))
-    if count < sum_sq.numel():
-        ratio = ratio[defined]
-    total = float(ratio.sum(dtype=torch.float64))
-    above = int((ratio > 1).sum())
-    return GSNR(count, total / count, _median(ratio), above / count, grad_sq)
+    ratio = signal[defined] / excess[defined]
+    low, high = ratio.kthvalue((count + 1) // 2).values, ratio.kthvalue(count // 2 + 1).values
+    total, above = float(ratio.sum(dtype=torch.float64)), int((ratio > 1).sum())
+    return GSNR(count, total / count, float(low + high) / 2, above / count, grad_sq)
 
 
 @dataclass
@@ -89,7 +106,7 @@ def _norm_quantiles(sq_norms: torch.Tensor) -> list[NormQuantiles]:
 
 
 def noise(sq_norms: torch.Tensor, dots: torch.Tensor, grad_sq: float) -> GradientNoise:
-    """From the per-sample ‖g_i‖², g_i·ḡ (float64, (B,)) and ‖ḡ‖²."""
+    """From the per-sample ‖g_i‖², g_i·grad (float64, (B,)) and ‖grad‖²."""
     batch = len(sq_norms)
     mean_sq = float(sq_norms.mean())
     true_sq = (batch * grad_sq - mean_sq) / (batch - 1)
@@ -132,7 +149,7 @@ def summarise(
     batch: int,
     vmap_parameters: list[str],
 ) -> Summary:
-    """`means`: each parameter's batch gradient ḡ in the Parts' dtype (zeros where none)."""
+    """`means`: each parameter's batch gradient grad in the Parts' dtype (zeros where none)."""
     entries: list[ParameterPerSample] = []
     grad_sq = 0.0
     if parts:
