@@ -6,8 +6,6 @@ For each dropout: its masks, in call order (the vmap path replays them).
 """
 
 import contextlib
-import threading
-import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,14 +41,10 @@ class Layout:
     sources: dict[nn.Module, nn.Module]
 
 
-# Per model, computed once: a cached model's structure never changes.
-_LAYOUTS: "weakref.WeakKeyDictionary[nn.Module, Layout]" = weakref.WeakKeyDictionary()
-_LAYOUTS_LOCK = threading.Lock()
-
-
 def layout(module: nn.Module) -> Layout:
-    with _LAYOUTS_LOCK:
-        found = _LAYOUTS.get(module)
+    """Computed once per model (kept on it: a cached model's structure never changes, and a
+    model is lent to one run at a time)."""
+    found: Layout | None = getattr(module, "_per_sample_layout", None)
     if found is not None:
         return found
     holders = Counter(id(p) for m in module.modules() for p in m.parameters(recurse=False))
@@ -60,8 +54,7 @@ def layout(module: nn.Module) -> Layout:
         if params:
             taps.append(Tap(m, params, any(holders[id(p)] > 1 for p in params.values())))
     found = Layout(taps, _broadcast_sources(module))
-    with _LAYOUTS_LOCK:
-        _LAYOUTS[module] = found
+    object.__setattr__(module, "_per_sample_layout", found)  # a plain attribute
     return found
 
 
