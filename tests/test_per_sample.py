@@ -549,3 +549,23 @@ def test_the_memory_estimate_bounds_the_per_sample_peak(body):
     measured = _measured_peak({**body, "per_sample": True})
     assert measured["status"] == 200
     assert measured["estimate"] / 5 <= measured["grown"] <= measured["estimate"], measured
+
+
+def test_the_accelerator_gsnr_path_agrees_with_the_cpu_path():
+    """The torch path that accelerators take, run on the CPU against the numpy path."""
+    from service.diagnostics.per_sample.parts import Parts
+    from service.diagnostics.per_sample.statistics import _gsnr_on_device, gsnr
+
+    per_sample = normal((6, 40), 22)
+    per_sample[:, :5] = 0  # no variance: left out
+    per_sample[:, 5] = 1.5  # none either, but a signal
+    mean = per_sample.mean(0)
+    parts = Parts(torch.zeros(6), torch.zeros(6), per_sample.square().sum(0))
+    cpu, device = gsnr(parts, mean, 6), _gsnr_on_device(parts.sum_sq, mean, 6)
+    assert cpu.count == device.count == 34
+    for key in ("mean", "median", "above_one", "grad_sq"):
+        assert math.isclose(getattr(cpu, key), getattr(device, key), rel_tol=1e-12), key
+    variance = per_sample[:, 6:].var(0, unbiased=False)
+    ratio = mean[6:].square() / variance
+    assert math.isclose(cpu.median, torch.quantile(ratio, 0.5).item(), rel_tol=1e-12)
+    assert math.isclose(cpu.mean, ratio.mean().item(), rel_tol=1e-12)

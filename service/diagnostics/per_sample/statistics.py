@@ -40,7 +40,7 @@ def _median(values: np.ndarray) -> float:
 @dataclass(frozen=True)
 class GSNR:
     """Of one parameter tensor: over its elements with σ_j² > 0, their count and GSNR_j's
-    mean, median and fraction above 1 (NaN without such elements); and ‖grad‖²."""
+    mean, median and fraction above 1 (NaN without such elements); and ‖ḡ‖²."""
 
     count: int
     mean: float
@@ -50,7 +50,7 @@ class GSNR:
 
 
 def gsnr(parts: Parts, mean: torch.Tensor, batch: int) -> GSNR:
-    """B·σ_j² = Σ_i g_ij² − B·grad_j² is positive beyond rounding where it exceeds
+    """B·σ_j² = Σ_i g_ij² − B·ḡ_j² is positive beyond rounding where it exceeds
     VARIANCE_FLOOR_EPS machine epsilons of Σ_i g_ij². On the CPU in numpy, whose reductions
     and selection are several times faster than torch's there; elsewhere on the device."""
     if parts.sum_sq.device.type != "cpu":
@@ -58,7 +58,7 @@ def gsnr(parts: Parts, mean: torch.Tensor, batch: int) -> GSNR:
     sum_sq, grad = parts.sum_sq.reshape(-1).numpy(), mean.reshape(-1).numpy()
     grad_sq = float(np.dot(grad, grad))
     signal = np.multiply(grad, grad)
-    signal *= batch  # B·grad_j²
+    signal *= batch  # B·ḡ_j²
     excess = sum_sq - signal  # B·σ_j²
     floor = VARIANCE_FLOOR_EPS * np.finfo(sum_sq.dtype).eps
     defined = excess > floor * sum_sq  # not where non-finite
@@ -106,7 +106,7 @@ def _norm_quantiles(sq_norms: torch.Tensor) -> list[NormQuantiles]:
 
 
 def noise(sq_norms: torch.Tensor, dots: torch.Tensor, grad_sq: float) -> GradientNoise:
-    """From the per-sample ‖g_i‖², g_i·grad (float64, (B,)) and ‖grad‖²."""
+    """From the per-sample ‖g_i‖², g_i·ḡ (float64, (B,)) and ‖ḡ‖²."""
     batch = len(sq_norms)
     mean_sq = float(sq_norms.mean())
     true_sq = (batch * grad_sq - mean_sq) / (batch - 1)
@@ -149,7 +149,7 @@ def summarise(
     batch: int,
     vmap_parameters: list[str],
 ) -> Summary:
-    """`means`: each parameter's batch gradient grad in the Parts' dtype (zeros where none)."""
+    """`means`: each parameter's batch gradient ḡ in the Parts' dtype (zeros where none)."""
     entries: list[ParameterPerSample] = []
     grad_sq = 0.0
     if parts:
