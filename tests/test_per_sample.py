@@ -481,6 +481,7 @@ def test_findings_name_noisy_layers_and_the_noise_scale(client):
 
 
 # BackPACK ---------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::UserWarning")  # BackPACK's notes on modules it skips
 def test_mlp_and_cnn_against_backpack(client):
     backpack = pytest.importorskip("backpack")
     from backpack.extensions import BatchL2Grad, SumGradSquared, Variance
