@@ -9,9 +9,10 @@ SOURCES := service tests bench
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml service/diagnostics/stats/kernel.c
+$(STAMP): requirements.txt requirements-dev.txt requirements-backpack.txt pyproject.toml service/diagnostics/stats/kernel.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-backpack.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 

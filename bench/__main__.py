@@ -14,6 +14,9 @@ Parts (all by default; `python -m bench lesson gpt` picks some):
   curvature   one Hessian-vector product (MLP 4x512 at batch 64, gpt-tiny) against plain
               forward+backward and plain double backward; the precision check's float64
               pass against the run's passes (bench/curvature.py)
+  per_sample  per-sample norms, noise and GSNR against plain forward+backward: an MLP of
+              1.05M parameters at batch 64 and gpt-tiny at 8 x 64 tokens, the identities'
+              path and the vmap path (bench/per_sample.py)
 Every figure is a median over repetitions; the machine is noisy, so compare ratios.
 """
 
@@ -33,6 +36,7 @@ import torch
 
 from bench import plain
 from bench.curvature import curvature
+from bench.per_sample import per_sample
 from bench.server import ROOT, Client, Server
 from service.schemas.requests import LESSON_REQUEST
 
@@ -287,6 +291,7 @@ PARTS = {
     "gpt": gpt,
     "celery": celery,
     "curvature": curvature,
+    "per_sample": per_sample,
 }
 
 

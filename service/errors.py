@@ -131,6 +131,13 @@ class BudgetExceeded(GradiagError):
     code, status, title = "budget_exceeded", 422, "Request exceeds the budget"
 
 
+class PerSampleUndefined(GradiagError):
+    """`per_sample` asked of a run whose samples are not independent (one sample, batch norm
+    in training mode): per-sample gradients are not defined there."""
+
+    code, status, title = "per_sample_undefined", 422, "Per-sample gradients undefined"
+
+
 class UnsupportedDevice(GradiagError):
     code, status, title = "unsupported_device", 422, "Device not allowed"
 

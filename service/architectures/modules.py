@@ -29,25 +29,41 @@ class SeededDropout(nn.Module):
         # run dtype's masks (the CPU's draws do not depend on the dtype; CUDA's fused kernel
         # vectorises by element size, so its may).
         self.mask_dtype: torch.dtype | None = None
+        # Per-sample gradients replay a run's masks: kept, in call order, while `recorded` is
+        # a list; applied instead of new draws while `replay` holds some.
+        self.recorded: list[torch.Tensor] | None = None
+        self.replay: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if self.replay:
+            return x * self.replay.pop(0)
         if self.generator is None:
-            raise RuntimeError("SeededDropout used without a generator")
-        dtype = self.mask_dtype or x.dtype
-        if self.generator.device.type == "cuda":
+            raise RuntimeError(f"{type(self).__name__} used without a generator")
+        fused = self.generator.device.type == "cuda" and type(self) is SeededDropout
+        if fused and (self.mask_dtype or x.dtype) == x.dtype:
             # nn.Dropout's own CUDA kernel (`_fused_dropout` takes the probability to keep).
-            if dtype == x.dtype:
-                return torch._fused_dropout(x, 1 - self.p, self.generator)[0]
+            out, mask = torch._fused_dropout(x, 1 - self.p, self.generator)
+            if self.recorded is not None:
+                self.recorded.append(mask.to(x.dtype) / (1 - self.p))
+            return out
+        noise = self.noise(x, self.mask_dtype or x.dtype)
+        if self.recorded is not None:
+            self.recorded.append(noise)
+        return x * noise
+
+    def noise(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The scaled mask for `x`, drawn as in `dtype`: on CUDA by nn.Dropout's kernel,
+        elsewhere on the CPU (other devices, mps, get the CPU's masks, moved)."""
+        assert self.generator is not None
+        if self.generator.device.type == "cuda":
             ones = torch.ones_like(x, dtype=dtype)
             mask = torch._fused_dropout(ones, 1 - self.p, self.generator)[1]
-            return x * mask.to(x.dtype) / (1 - self.p)
-        # Other devices (mps) draw on the CPU: the CPU's masks, moved.
+            return mask.to(x.dtype) / (1 - self.p)
         noise = torch.empty_like(x, dtype=dtype, device="cpu")
         noise.bernoulli_(1 - self.p, generator=self.generator)
-        noise = noise.to(x.dtype).div_(1 - self.p)
-        return x * noise.to(x.device)
+        return noise.to(x.dtype).div_(1 - self.p).to(x.device)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -61,17 +77,14 @@ class ChannelDropout(SeededDropout):
         super().__init__(p)
         self.spatial = spatial  # 1: Dropout1d on (N, C, L); 2: Dropout2d on (N, C, H, W)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        if self.generator is None:
-            raise RuntimeError("ChannelDropout used without a generator")
+    def noise(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # CUDA draws on its own generator, as there; other devices (mps) draw on the CPU.
+        assert self.generator is not None
         cuda = self.generator.device.type == "cuda"
         shape = (*x.shape[:2], *(1,) * (x.dim() - 2))
-        noise = torch.empty(shape, dtype=x.dtype, device=self.generator.device if cuda else "cpu")
-        noise.bernoulli_(1 - self.p, generator=self.generator).div_(1 - self.p)
-        return x * noise.to(x.device)
+        noise = torch.empty(shape, dtype=dtype, device=self.generator.device if cuda else "cpu")
+        noise.bernoulli_(1 - self.p, generator=self.generator)
+        return noise.to(x.dtype).div_(1 - self.p).to(x.device)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, spatial={self.spatial}"

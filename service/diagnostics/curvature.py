@@ -23,7 +23,6 @@ import functools
 import math
 import statistics
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -241,7 +240,6 @@ def curvature(
     """The `curvature` section and its findings; raises Cancelled between products."""
     options = plan.request.curvature
     assert options is not None
-    started = time.perf_counter()
     names = [name for name, _ in model.named_parameters]
     params: Vector = [p for _, p in model.named_parameters]
     k = options.top_eigenvalues
@@ -297,6 +295,5 @@ def curvature(
         "lr_times_lambda_max": _finite(lr * sharpness) if lr and sharpness is not None else None,
         "hvps": hessian.products,
         "per_layer": per_layer,
-        "time_ms": round((time.perf_counter() - started) * 1000, 4),
     }
     return report, _findings(report, options)

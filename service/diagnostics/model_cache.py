@@ -96,8 +96,9 @@ class Capture:
 
     @contextlib.contextmanager
     def mute(self) -> Iterator[None]:
-        """Passes beyond the run's own (curvature, the precision check) record nothing and
-        retain no gradient: the outputs stay those of the batch pass. Still cancellable."""
+        """Passes beyond the run's own (curvature, the precision check, per-sample vmap, which
+        refuses retain_grad) record nothing and retain no gradient: the outputs stay those
+        of the batch pass. Still cancellable."""
         self.muted = True
         try:
             yield
@@ -168,6 +169,8 @@ class InitialModel:
     def reset(self) -> None:
         """Back to the initial state: no gradients, no activations, buffers as built."""
         self.capture.clear()
+        for dropout in self.dropouts:  # masks kept or replayed for per-sample gradients
+            dropout.recorded, dropout.replay = None, []
         with torch.no_grad():
             for _, param in self.named_parameters:
                 param.grad = None

@@ -16,6 +16,7 @@ from service.architectures.init_schemes import check_layer_inits
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
 from service.diagnostics.losses import LOSSES, class_axis
+from service.diagnostics.per_sample import admission as per_sample_admission
 from service.diagnostics.tensors import DTYPES, LiteralChecks, probe_shape
 from service.errors import (
     BudgetExceeded,
@@ -245,6 +246,8 @@ def plan_run(
     input_shape = probe_shape(request.input, (*loc, "input"))
     model = kind.signature(request.model, input_shape, loc)
     check_layer_inits(kind, request.model, input_shape, loc)
+    if request.per_sample:  # refused where undefined; its costs join the budget's
+        model = per_sample_admission.admit(request, model, input_shape, loc)
     target_shape, target_integers = _target(request, model, loc)
     _check_generated_ids(request.input, model.input_classes, (*loc, "input"), "token id")
     if target_integers:

@@ -20,7 +20,6 @@ zero by construction: its relative errors are null and it does not count against
 
 import math
 import threading
-import time
 
 import torch
 from torch.func import functional_call
@@ -114,7 +113,6 @@ def precision_check(
     cancel: threading.Event,
 ) -> tuple[PrecisionReport, list[str]]:
     """The `precision` section and its findings; raises Cancelled at the pass's hooks."""
-    started = time.perf_counter()
     report: PrecisionReport = {
         "dtype": plan.dtype,
         "reference": "float64",
@@ -125,7 +123,6 @@ def precision_check(
         "threshold": THRESHOLD,
         "trusted": True,
         "parameters": [],
-        "time_ms": 0.0,
     }
     if report["run_is_reference"]:
         return report, []
@@ -162,5 +159,4 @@ def precision_check(
     report["max_grad_error"] = errors[0][0] if errors else None
     report["trusted"] = not untrusted
     report["parameters"] = entries
-    report["time_ms"] = round((time.perf_counter() - started) * 1000, 4)
     return report, _findings(report, untrusted)

@@ -19,6 +19,7 @@ import service
 from service.diagnostics.curvature import curvature
 from service.diagnostics.losses import class_axis
 from service.diagnostics.model_cache import InitialModel, ModelCache
+from service.diagnostics.per_sample.report import PerSample
 from service.diagnostics.plan import RunPlan
 from service.diagnostics.precision import precision_check
 from service.diagnostics.report import (
@@ -108,8 +109,9 @@ class _Clock:
             statistics=laps["statistics"],
             total=total,
         )
-        if "through_time" in laps:
-            timing["through_time"] = laps["through_time"]
+        for analysis in ("through_time", "per_sample", "curvature", "precision"):
+            if analysis in laps:
+                timing[analysis] = laps[analysis]  # type: ignore[literal-required]
         return timing
 
 
@@ -173,8 +175,12 @@ def _diagnose(
     module, layers, named, owners = model.module, model.layers, model.named_parameters, model.owners
     model.capture.start(cancel, plan.model.estimate.flops >= CANCEL_POINTS_MIN_FLOPS)
     through = ThroughTime(module, cancel)  # recurrent layers record what their replay needs
-    with _refusals_as_problems(plan.loc), through.recording():
+    per_sample = PerSample(model, plan.model.estimate) if request.per_sample else None
+    recording = per_sample.recording() if per_sample else contextlib.nullcontext()
+    with _refusals_as_problems(plan.loc), through.recording(), recording:
         output = module(inputs)
+        if per_sample is not None:
+            per_sample.keep_output(output)
         loss = plan.loss(output, target)
         clock.lap("forward")
         # `backward` rather than `autograd.grad(...)`: on the CPU the latter took twice as
@@ -197,6 +203,9 @@ def _diagnose(
     output_stats = [next(stats) if t is not None else None for t in outputs]
     output_grad_stats = [next(stats) if g is not None else None for g in output_grads]
     clock.lap("statistics")
+    samples = per_sample.result(inputs, cancel) if per_sample is not None else None
+    if samples is not None:
+        clock.lap("per_sample")
     names = [name for name, _ in named]
     noise = find_rounding_noise(names, owners, grad_stats, DTYPES[plan.dtype])
 
@@ -206,6 +215,9 @@ def _diagnose(
             named, owners, grad_stats, model.value_stats, strict=True
         )
     ]
+    if samples is not None:
+        for entry, sampled in zip(parameters, samples.parameters, strict=True):
+            entry["per_sample"] = sampled
     thresholds = request.thresholds
     by_layer: dict[str, list[Stats]] = {name: [] for name, _ in layers}
     for grad, layer, is_noise in zip(grad_stats, owners, noise.flags, strict=True):
@@ -234,15 +246,17 @@ def _diagnose(
         for i, ((name, _), out) in enumerate(zip(layers, outputs, strict=True))
     ]
     findings = verdicts.findings + parameter_findings(parameters) + noise.findings
-    findings += through_time.findings
+    findings += through_time.findings + (samples.findings if samples is not None else [])
     curved: CurvatureReport | None = None
     precise: PrecisionReport | None = None
     if request.curvature is not None:
         curved, more = curvature(plan, model, inputs, target, cancel)
         findings += more
+        clock.lap("curvature")
     if request.precision_check:
         precise, more = precision_check(plan, model, inputs, target, grad_stats, loss_value, cancel)
         findings += more
+        clock.lap("precision")
     report: DiagnosticsReport = {
         "diagnosis": {
             "verdict": worst([verdicts.verdict, *through_time.verdicts]),
@@ -270,6 +284,8 @@ def _diagnose(
     }
     if through_time.reports:
         report["through_time"] = through_time.reports
+    if samples is not None:
+        report["per_sample"] = samples.report
     if curved is not None:
         report["curvature"] = curved
     if precise is not None:

@@ -117,4 +117,3 @@ class CurvatureReport(TypedDict):
         list[ParameterCurvature] | None,
         Field(description="per parameter tensor, in named_parameters() order; null unless asked"),
     ]
-    time_ms: float

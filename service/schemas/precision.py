@@ -45,4 +45,3 @@ class PrecisionReport(TypedDict):
         bool, Field(description="the loss and every gradient within `threshold` of float64")
     ]
     parameters: list[ParameterPrecision]
-    time_ms: float

@@ -107,6 +107,14 @@ class DiagnosticsRequest(StrictModel):
     )
     mode: Literal["train", "eval"] = "train"
     thresholds: Thresholds = Thresholds()
+    per_sample: bool = Field(
+        False,
+        description="also report per-sample gradient statistics: each sample's gradient norm, "
+        "the gradient noise (|G|², tr Σ, B_simple, Cockpit's tests), the samples' alignment "
+        "with the batch gradient and each parameter's GSNR (the report's `per_sample` "
+        "sections). Needs a batch of at least 2 independent samples: refused for one sample "
+        "and for batch norm in training mode",
+    )
     curvature: CurvatureOptions | None = Field(
         None,
         description="also the Hessian's top eigenvalues and trace at the initial weights "
