@@ -371,7 +371,8 @@ def test_course_gpt(client, path, case):
     dtype = "float32" if case == "tiny_float32" else "float64"
     report = check(client, path, spec, lambda: GPTModel(cfg, norm), tokens,
                    ids((3, 6), cfg["vocab_size"], 16), "cross_entropy", dtype=dtype,
-                   func="dropout" not in case, seed=123, reference="cross_entropy_tokens")  # fmt: skip
+                   func="dropout" not in case, seed=123,
+                   reference="cross_entropy_tokens")  # fmt: skip
     assert set(report["timing_ms"]) >= {"per_sample", "backward"}
 
 

@@ -111,7 +111,7 @@ class _Clock:
         )
         for analysis in ("through_time", "per_sample", "curvature", "precision"):
             if analysis in laps:
-                timing[analysis] = laps[analysis]  # type: ignore[literal-required]
+                timing[analysis] = laps[analysis]
         return timing
 
 
