@@ -6,10 +6,10 @@ queued, so that an impossible or too expensive request is refused within millise
 
 import math
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from service.architectures.base import ModelKind, ModelSignature, Shape
+from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.architectures.init_schemes import check_layer_inits
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
@@ -151,7 +151,10 @@ def plan_run(
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
     model = kind.signature(request.model, input_shape, loc)
-    check_layer_inits(kind, request.model, input_shape, loc)
+    init_flops, init_transient = check_layer_inits(kind, request.model, input_shape, loc)
+    if init_flops or init_transient:
+        extra = Estimate(flops=init_flops, workspace_elements=init_transient)
+        model = replace(model, estimate=model.estimate + extra)
     target_shape, target_integers = _target(request, model, loc)
     _check_generated_ids(request.input, model.input_classes, (*loc, "input"), "token id")
     if target_integers:
