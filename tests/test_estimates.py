@@ -360,6 +360,11 @@ MEMORY_CASES = {
     "sequential": {**WIDE, "model": {"kind": "sequential",
                                      "layers": [{"type": "linear", "out_features": 1024}] * 6},
                    "input": {"shape": [4096, 512], "distribution": "normal"}},
+    # A step's autograd nodes, not its 1-unit tensors, fill the memory of a long sequence.
+    "gru_long_sequence": {"model": {"kind": "sequential",
+                                    "layers": [{"type": "gru", "hidden_size": 1}]},
+                          "input": {"shape": [1, 20_000, 1], "distribution": "normal"},
+                          "loss": "sum"},
 }  # fmt: skip
 
 

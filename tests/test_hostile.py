@@ -253,6 +253,22 @@ def test_memory_is_budgeted_before_anything_is_allocated(make_client):
     assert api.post(COMPARE, json=small).status_code == 200
 
 
+def test_a_long_sequence_is_budgeted_by_its_steps(make_client):
+    # Each step of a recurrent layer costs autograd nodes (~17 KB for a GRU, in the pass and
+    # in the through-time replay) whatever its width: a 1-unit GRU over 20,000 steps grew the
+    # process by ~500 MB on an estimate of 35 MB, and 4,000,000 steps by 17 GB.
+    api = make_client(limits={"max_memory_bytes": 512 << 20})
+    body = {
+        "model": {"kind": "sequential", "layers": [{"type": "gru", "hidden_size": 1}]},
+        "input": {"shape": [1, 20_000, 1], "distribution": "normal"},
+        "loss": "sum",
+    }
+    problem = assert_problem(api.post(URL, json=body), 422, "budget_exceeded")
+    assert problem["exceeded"] == ["memory_bytes"]
+    body["input"]["shape"] = [1, 2_000, 1]
+    assert api.post(URL, json=body).status_code == 200
+
+
 def _chunked(path: str, body: bytes, chunk: int = 1 << 16) -> bytes:
     """A raw HTTP/1.1 request whose body is sent chunked, with no Content-Length."""
     parts = [

@@ -525,3 +525,36 @@ def test_layer_inits_on_the_newer_layers(client):
     loss.backward()
     report = diagnose(client, body)
     assert_same_model(report, model, loss)
+
+
+def test_factorising_and_rejecting_draws_are_budgeted(make_client):
+    # orthogonal_ factorises its weight (4·2048³ FLOPs here, one LAPACK call that no
+    # cancellation interrupts: a 16384² linear took minutes within every limit) and holds Q
+    # and R beside it; trunc_normal_'s rounds hold three tensors of its size.
+    api = make_client(limits={"max_flops": 10**10, "max_memory_bytes": 50 << 20})
+    body = {
+        "model": {
+            "kind": "sequential",
+            "layers": [{"type": "linear", "out_features": 2048, "bias": False}],
+            "init": {"weight": "orthogonal"},
+        },
+        "input": {"shape": [1, 2048], "distribution": "normal"},
+        "loss": "sum",
+    }
+    problem = assert_problem(client_post(api, body), 422, "budget_exceeded")
+    assert "flops" in problem["exceeded"]
+    assert problem["estimate"]["flops"] >= 4 * 2048**3
+    body["model"]["init"] = {"weight": "trunc_normal"}
+    body["model"]["layers"][0]["out_features"] = 1024
+    body["input"]["shape"] = [1, 1024]
+    without = {**body, "model": {**body["model"], "init": None}}
+    assert client_post(api, without).status_code == 200
+    problem = assert_problem(client_post(api, body), 422, "budget_exceeded")
+    assert problem["exceeded"] == ["memory_bytes"]
+    body["model"]["init"] = {"weight": "orthogonal"}
+    body["model"]["layers"][0]["out_features"] = 64
+    assert client_post(api, body).status_code == 200
+
+
+def client_post(api, body):
+    return api.post("/v1/diagnostics", json=body)

@@ -177,12 +177,34 @@ def has_layer_init(spec: Any) -> bool:
     )
 
 
-def check_layer_inits(kind: Any, spec: Any, input_shape: tuple[int, ...], loc: Loc) -> None:
+# Schemes that are not elementwise draws: their FLOPs and transient tensors are budgeted.
+_COSTLY = ("orthogonal", "trunc_normal")
+
+
+def _draw_cost(draw: Draw) -> tuple[int, int]:
+    """(FLOPs, transient elements) of one draw beyond the tensor it fills."""
+    name, t = draw.scheme.scheme, draw.tensor  # type: ignore[attr-defined]
+    if name == "orthogonal":
+        rows = t.shape[0]
+        m, n = max(rows, t.numel() // rows), min(rows, t.numel() // rows)
+        # Householder QR and forming Q; the normal draw, Q and R beside the tensor.
+        return 4 * m * n * n, 2 * m * n + n * n
+    if name == "trunc_normal":  # the rejection rounds' proposals, acceptances and result
+        return 0, 3 * t.numel()
+    return 0, 0
+
+
+def check_layer_inits(
+    kind: Any, spec: Any, input_shape: tuple[int, ...], loc: Loc
+) -> tuple[int, int]:
     """Refuse, before anything is allocated, a layer's init that its parameters do not fit
-    (located under `loc`, the request's): the model is built on the meta device (no memory,
-    no draws), and only where some layer has an init of its own."""
-    if not has_layer_init(spec):
-        return
+    (located under `loc`, the request's); return the (FLOPs, largest transient in elements)
+    of the draws that factorise or reject. The model is built on the meta device (no
+    memory, no draws), and only where some layer has an init of its own or a scheme costs."""
+    costly = any(getattr(node, "scheme", None) in _COSTLY for node in _nodes(spec))
+    if not (costly or has_layer_init(spec)):
+        return 0, 0
     with torch.device("meta"):
         module = kind.build(spec, input_shape)
-    init_draws(kind, spec, module, (*loc, "model"))
+    costs = [_draw_cost(d) for d in init_draws(kind, spec, module, (*loc, "model"))]
+    return sum(f for f, _ in costs), max((e for _, e in costs), default=0)

@@ -131,13 +131,17 @@ _ONEDNN_PER_WIDTH, _ONEDNN_PAD, _ONEDNN_FIXED = 6, 16, 8192
 # The replay's tensors per (batch, step, hidden unit) of each direction: each step's gates and
 # states kept for its backward, and their gradients.
 _REPLAY_PER_HIDDEN = {"rnn": 4, "lstm": 20, "gru": 14}
+# What one step of one direction costs beyond its tensors, in elements of 4 bytes: the autograd
+# nodes and tensor headers of the replay's step, and of the pass's step where PyTorch's CPU
+# kernel loops in ATen (all but float32/bfloat16 LSTMs); measured at 6, 17 and 17.5 KB.
+_STEP_ELEMENTS = {"rnn": 1_536, "lstm": 4_352, "gru": 4_608}
 
 
 def _saved(spec: Any, n: int, t: int, width: int, out_width: int) -> int:
     """What one stacked layer keeps for backward, its input included (each direction copies it
     to the (T, N, D) layout)."""
     dirs, hidden = (2 if spec.bidirectional else 1), int(spec.hidden_size)
-    saved = dirs * n * t * width
+    saved = dirs * n * t * width + dirs * t * _STEP_ELEMENTS[spec.type]
     if spec.type == "lstm":
         padded, wider = max(hidden, _ONEDNN_PAD), max(width, out_width, _ONEDNN_PAD)
         per_step = _PER_HIDDEN["lstm"] * padded + _ONEDNN_PER_WIDTH * wider
@@ -171,6 +175,7 @@ def recurrent_infer(spec: Any, shape: Shape, loc: Loc) -> tuple[Shape, Estimate]
         if layer < spec.num_layers - 1 and spec.dropout > 0:
             saved += rows * dirs * out_width  # the mask
         replay += rows * (width + dirs * (_REPLAY_PER_HIDDEN[spec.type] * hidden + out_width))
+        replay += dirs * t * _STEP_ELEMENTS[spec.type]
     sequence = rows * dirs * out_width
     out = (n, t, dirs * out_width) if spec.output == "sequence" else (n, dirs * out_width)
     estimate = Estimate(

@@ -6,12 +6,12 @@ queued, so that an impossible or too expensive request is refused within millise
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from service.architectures.base import ModelKind, ModelSignature, Shape
+from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
 from service.architectures.init_schemes import check_layer_inits
 from service.architectures.registry import MODEL_KINDS
 from service.config import Limits, canonical_device
@@ -245,7 +245,10 @@ def plan_run(
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
     model = kind.signature(request.model, input_shape, loc)
-    check_layer_inits(kind, request.model, input_shape, loc)
+    init_flops, init_transient = check_layer_inits(kind, request.model, input_shape, loc)
+    if init_flops or init_transient:
+        extra = Estimate(flops=init_flops, workspace_elements=init_transient)
+        model = replace(model, estimate=model.estimate + extra)
     if request.per_sample:  # refused where undefined; its costs join the budget's
         model = per_sample_admission.admit(request, model, input_shape, loc)
     target_shape, target_integers = _target(request, model, loc)
