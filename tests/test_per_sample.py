@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from tests.reference import GELU
 from tests.reference_gpt import GPTModel, LayerNorm, MultiHeadAttention, TransformerBlock
+from tests.test_parity_architectures import Net, Residual
 
 LOSSES = {
     "mse": F.mse_loss,
@@ -38,25 +39,6 @@ class Transpose(nn.Module):
 
     def forward(self, x):
         return x.transpose(1, 2)
-
-
-class Net(nn.Module):
-    def __init__(self, *layers):
-        super().__init__()
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-class Residual(nn.Module):
-    def __init__(self, body, projection=None):
-        super().__init__()
-        self.body = nn.Sequential(*body)
-        self.projection = projection
-
-    def forward(self, x):
-        return self.body(x) + (x if self.projection is None else self.projection(x))
 
 
 class MaskedDropout(nn.Module):
