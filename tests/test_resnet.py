@@ -181,3 +181,30 @@ def test_capabilities_list_the_kind_and_its_presets(client):
     assert found["model_kinds"]["resnet"]["properties"]["preset"]["anyOf"][0]["enum"] == list(
         RESNET_PRESETS
     )
+
+
+def test_a_model_wide_init_is_drawn_after_torchvision_s(client):
+    """torchvision's construction and init loop, then the user's nn.init calls on every
+    convolution and the fc, in registration order."""
+    spec = {"block": "basic", "layers": [1, 1, 1, 1], "num_classes": 4}
+    init = {"weight": {"scheme": "kaiming_uniform", "nonlinearity": "relu"}, "bias": "zeros"}
+    shape, seed = (2, 3, 16, 16), 9
+    model = reference(spec, shape[1], seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    target = torch.tensor([1, 3])
+    body = {
+        "model": {"kind": "resnet", **spec, "init": init},
+        "input": {"shape": list(shape), "distribution": "normal", "seed": 7},
+        "target": target.tolist(),
+        "loss": "cross_entropy",
+        "seed": seed,
+    }
+    report = diagnose(client, body)
+    assert report["provenance"]["init_sha256"] == hash_parameters(model)
+    loss = F.cross_entropy(model(normal(shape, 7)), target)
+    loss.backward()
+    assert_parity(report, model, loss)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from service.architectures.base import Estimate, ModelKind, ModelSignature, Shape
+from service.architectures.init_schemes import InitUnit
 from service.architectures.resnet_modules import (
     STEM_CHANNELS,
     BlockPlan,
@@ -155,6 +156,19 @@ def layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     return list(module.blocks())
 
 
+def init_units(spec: ResNetSpec, module: nn.Module) -> list[InitUnit]:
+    """Every convolution and the fc, in registration order: the model's `init` only."""
+    return [
+        InitUnit(("init",), sub)
+        for sub in module.modules()
+        if isinstance(sub, nn.Conv2d | nn.Linear)
+    ]
+
+
 RESNET_KIND = ModelKind(
-    signature=signature, build=build, layers=layers, build_uses_input_shape=True
+    signature=signature,
+    build=build,
+    layers=layers,
+    build_uses_input_shape=True,
+    init_units=init_units,
 )

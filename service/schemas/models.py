@@ -172,6 +172,12 @@ class ResNetSpec(StrictModel):
     norm_groups: Annotated[int, Field(ge=1, le=4096)] = Field(
         32, description="GroupNorm's number of groups; must divide every channel count"
     )
+    init: Init | None = Field(
+        None,
+        description="drawn after torchvision's initialisation, on every convolution and the fc "
+        "in registration order (conv1, layer1.0.conv1, …, downsample convs where they are "
+        "registered, fc); the norm layers keep their ones and zeros",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> Self:
