@@ -395,3 +395,16 @@ def test_estimates_past_64_bits_are_refused_as_422_not_500(client):
     sweep = {"base": LESSON_REQUEST, "axes": axes}
     problem = assert_problem(client.post("/v1/sweeps", json=sweep), 422, "budget_exceeded")
     assert problem["estimate"]["runs"] == float(256**8)
+
+
+def test_a_model_without_parameters_is_refused_by_name(client):
+    body = {
+        "model": {"kind": "sequential", "layers": [{"type": "relu"}, {"type": "max_pool1d",
+                                                                      "kernel_size": 2}]},
+        "input": {"shape": [2, 3, 8], "distribution": "normal"},
+        "loss": "sum",
+    }  # fmt: skip
+    problem = assert_problem(
+        client.post("/v1/diagnostics", json=body), 422, "invalid_request", ["body", "model"]
+    )
+    assert "no parameters" in problem["detail"]

@@ -245,6 +245,12 @@ def plan_run(
     kind = MODEL_KINDS[request.model.kind]
     input_shape = probe_shape(request.input, (*loc, "input"))
     model = kind.signature(request.model, input_shape, loc)
+    if model.estimate.parameters == 0:
+        raise InvalidRequest.at(
+            (*loc, "model"),
+            "the model has no parameters: nothing requires a gradient, so there is none to "
+            "diagnose; add a layer with parameters",
+        )
     init_flops, init_transient = check_layer_inits(kind, request.model, input_shape, loc)
     if init_flops or init_transient:
         extra = Estimate(flops=init_flops, workspace_elements=init_transient)
