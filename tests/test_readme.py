@@ -110,3 +110,17 @@ def test_the_through_time_table_is_what_the_service_answers(client):
                 step,
             )
         assert series["horizon"] == int(above)
+
+
+def test_the_analyses_example_answers_every_section(client):
+    """docs/analyses.md's request: per-sample statistics, curvature and the precision check on
+    the course GPT, in one report."""
+    docs = (ROOT / "docs" / "analyses.md").read_text()
+    body = json.loads(re.search(r"```json\n(.*?)```", docs, re.S).group(1))
+    report = client.post("/v1/diagnostics", json=body).json()
+    assert {"per_sample", "curvature", "precision"} <= set(report)
+    assert {"noise", "alignment", "sample_grad_norms"} <= set(report["per_sample"])
+    assert all("per_sample" in p for p in report["parameters"])
+    assert len(report["curvature"]["top_eigenvalues"]) == 3
+    assert report["curvature"]["per_layer"] and report["precision"]["parameters"]
+    assert {"per_sample", "curvature", "precision"} <= set(report["timing_ms"])
