@@ -3,12 +3,9 @@
 Hessian-vector products by double backward: one more pass over the batch (replay.py: the
 batch pass's dropout masks, running statistics untouched, hooks muted) builds ∇L with its
 graph (create_graph); each product H·v = ∇(∇L·v) is then one backward pass through that
-graph, which is kept between products (retain_graph). ∇L is taken with autograd.grad, so the
-run's `.grad`s stay as the batch pass left them. Measured on the CPU (one thread; an MLP of
-4×512 at batch 64, and gpt-tiny at 8×32 tokens): a product costs 1.65× and 1.7× a
-forward+backward this way, 2.3× and 2.8× when the graph is rebuilt for each product, 2.8× and
-4.7× by torch.func's forward-over-reverse jvp(grad) (which also fails on mse_loss in torch
-2.13: "ZeroTensors are immutable").
+graph, which is kept between products (retain_graph): cheaper than rebuilding it per product
+or torch.func's jvp(grad), which also fails on mse_loss in torch 2.13 (docs/performance.md).
+∇L is taken with autograd.grad, so the run's `.grad`s stay as the batch pass left them.
 
 Random draws come from a CPU generator seeded with the request's seed, never the global one,
 in this order: the k global start vectors (standard normal in float32, tensor by tensor in

@@ -10,19 +10,10 @@ The rule: a parameter's gradient is rounding noise when
     0 < max|g| ≤ min(2¹⁰·eps, 2⁻⁹) · S,
 
 eps the run dtype's machine epsilon and S the largest max|g| of the parameters of the same
-reported layer (of the same module, for parameters outside the reported layers). The scale is
-the layer's, not the model's: a deep sigmoid net's first layers get gradients 1e-26 of the
-last layer's, computed to full relative precision (products lose no relative precision; only
-cancelling sums do), and are vanishing, not noise; within one layer, the weight and bias see
-the same upstream gradient. Measured (float32 and float64, GPT with qkv_bias, convolutions
-before batch norm): the noise lies at 0.04–30 eps·S, growing with the number of positions a
-bias sums over (30 eps at 256 images of 32×32), while genuine gradients of every model tried
-(MLPs, CNNs, GPT blocks, deep sigmoid nets) are at least 0.08·S, 6·10⁵ eps in float32. 2¹⁰·eps
-leaves a factor 30 above the noise and 600 below the genuine ones. bfloat16's eps (2⁻⁷) makes
-2¹⁰·eps meaningless; its noise measured 1e-4 to 2e-2 of S (the CPU accumulates bfloat16 sums in
-float32, but rounds every operand to 8 bits): the cap 2⁻⁹ (2e-3) catches the attention key
-bias there and stays 40× below the genuine gradients, at the price of missing the noise of
-biases that sum over many positions.
+reported layer (of the same module, for parameters outside the reported layers): within one
+layer the weight and bias see the same upstream gradient, while a deep net's first layers may
+sit far below the last and still be exact. The measurements behind the constants are in
+docs/analyses.md ("Rounding noise").
 
 A gradient that is exactly zero is not noise (the dead-layer rule reports it), nor is one
 with NaN or infinite values.
