@@ -104,7 +104,7 @@ def test_the_through_time_table_is_what_the_service_answers(client):
             "loss": "mse", "seed": 0, "dtype": "float64",
         }  # fmt: skip
         series = client.post("/v1/diagnostics", json=body).json()["through_time"][0]["series"][0]
-        for step, expected in zip((199, 150, 100, 0), norms, strict=True):
+        for step, expected in zip((199, 0), norms, strict=True):
             assert close(series["grad_norms"][step], float(expected), rel=6e-2, abs_=0), (
                 name,
                 step,
